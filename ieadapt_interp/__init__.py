@@ -1,0 +1,27 @@
+"""ieadapt_interp — understand and steer attention in text-to-video diffusion models.
+
+Entropy and energy of every spatial, temporal and joint attention layer as xarray, closed-form
+identity / uniform perturbations, IE-Adapt guidance and editing (Understanding Attention Mechanism in
+Video Diffusion Models).
+
+>>> import ieadapt_interp as ia
+>>> pipe = ia.tiny_pipeline("animatediff")
+>>> int((ia.attention_layers(pipe).kind == "spatial").sum())
+16
+"""
+
+from .adapters import ADAPTERS, Adapter, attention_layers, get_adapter
+from .interception import AttendFrom, Interception
+from .maps import MapRequest
+from .perturbation import Layers, Perturbation, identity, mix, scale, uniform
+from .pipelines import load_pipeline, tiny_pipeline
+from .tracing import Result, generate, trace
+from .versions import show_versions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADAPTERS", "Adapter", "AttendFrom", "Interception", "Layers", "MapRequest", "Perturbation", "Result",
+    "attention_layers", "generate", "get_adapter", "identity", "load_pipeline", "mix", "scale",
+    "show_versions", "tiny_pipeline", "trace", "uniform",
+]

@@ -1,0 +1,112 @@
+"""Turning intercepted call records into labelled xarray results.
+
+* :func:`stats_dataset` — ``xr.Dataset`` over ``(step, layer, head, frame)`` (+ ``branch`` / ``sample``
+  when more than one was recorded) with ``entropy``, ``entropy_pct``, ``energy``,
+  ``energy_identity``, ``energy_uniform`` (and ``*_text`` for joint layers' text-token rows);
+* :func:`maps_tree` — ``xr.DataTree``, one node per layer, of pooled maps.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import xarray as xr
+
+from .adapters import AttentionLayer
+from .interception import CallRecord
+
+STAT_VARS = ("entropy", "energy", "energy_identity", "energy_uniform")
+_DOCS = {
+    "entropy": "mean over the frame's query rows of H_i = -sum_j a_ij log a_ij (nats)",
+    "entropy_pct": "100 * entropy / log(n_keys): percent of the uniform map's entropy",
+    "energy": "||A V||_F^2 over the frame's query rows (output actually used)",
+    "energy_identity": "||I V||_F^2 = ||V||^2 over the frame's rows (upper bound of the paper's Eq. 2)",
+    "energy_uniform": "||U V||_F^2 = rows * ||mean V||^2 (lower bound)",
+    "entropy_text": "joint layers: mean entropy of the text-token query rows (nats)",
+    "energy_text": "joint layers: ||A V||^2 over the text-token query rows",
+    "energy_identity_text": "joint layers: ||V||^2 over the text-token rows",
+    "energy_uniform_text": "joint layers: rows * ||mean V||^2 over the text-token rows",
+}
+
+
+def stats_dataset(
+    records: Iterable[CallRecord], layers: list[AttentionLayer], timesteps: list[float], attrs: dict
+) -> xr.Dataset:
+    """Assemble call records into a Dataset ``[step, layer, (branch, sample,) head, frame]``."""
+    records = list(records)
+    if not records:
+        raise ValueError("No attention calls were recorded: check the layer selection and the branch recorded.")
+    names = [r.name for r in layers if any(rec.layer == r.name for rec in records)]
+    by_name = {r.name: r for r in layers}
+    steps = sorted({rec.step for rec in records})
+    row_labels = sorted({row for rec in records for row in rec.rows})
+    branches = sorted({b for b, _ in row_labels})
+    samples = sorted({s for _, s in row_labels})
+    heads = max(rec.stats["entropy"].shape[1] for rec in records)
+    frames = max(rec.stats["entropy"].shape[2] for rec in records)
+    var_names = sorted({v for rec in records for v in rec.stats}, key=lambda v: (v.endswith("_text"), v))
+    shape_video = (len(steps), len(names), len(branches), len(samples), heads, frames)
+    data = {v: np.full(shape_video if not v.endswith("_text") else shape_video[:-1], np.nan) for v in var_names}
+    n_keys = np.zeros(len(names), dtype=np.int64)
+    s_idx, l_idx = {s: i for i, s in enumerate(steps)}, {n: i for i, n in enumerate(names)}
+    for rec in records:
+        li = l_idx[rec.layer]
+        n_keys[li] = rec.n_keys
+        for r, (branch, sample) in enumerate(rec.rows):
+            where = (s_idx[rec.step], li, branches.index(branch), samples.index(sample))
+            for v, tensor in rec.stats.items():
+                value = tensor[r].detach().cpu().double().numpy()
+                data[v][where][tuple(slice(0, n) for n in value.shape)] = value
+    dims_video = ("step", "layer", "branch", "sample", "head", "frame")
+    ds = xr.Dataset(
+        {v: (dims_video if not v.endswith("_text") else dims_video[:-1], arr) for v, arr in data.items()},
+        coords={
+            "step": np.asarray(steps),
+            "timestep": ("step", np.asarray([timesteps[s] for s in steps], dtype=float)),
+            "layer": names,
+            "kind": ("layer", [by_name[n].kind for n in names]),
+            "block": ("layer", [by_name[n].block for n in names]),
+            "index": ("layer", np.asarray([by_name[n].index for n in names])),
+            "n_keys": ("layer", n_keys),
+            "branch": branches,
+            "sample": np.asarray(samples),
+            "head": np.arange(heads),
+            "frame": np.arange(frames),
+        },
+        attrs=attrs,
+    )
+    max_h = xr.DataArray(np.log(np.maximum(n_keys, 2)).astype(float), dims="layer")
+    ds["entropy_pct"] = 100.0 * ds["entropy"] / max_h
+    if "entropy_text" in ds:
+        ds["entropy_text_pct"] = 100.0 * ds["entropy_text"] / max_h
+    for v in ds.data_vars:
+        ds[v].attrs["description"] = _DOCS.get(v, "")
+    if len(branches) == 1:
+        ds = ds.squeeze("branch")
+    if len(samples) == 1:
+        ds = ds.squeeze("sample")
+    return ds
+
+
+def maps_tree(map_records: dict, layers: list[AttentionLayer], attrs: dict) -> xr.DataTree:
+    """One DataTree node per layer; ``attention`` dims depend on the layer's layout (see :mod:`.maps`)."""
+    by_name = {r.name: r for r in layers}
+    children = {}
+    for name, entries in map_records.items():
+        layout = by_name[name].layout
+        steps = [step for step, _, _ in entries]
+        rows = entries[0][1]
+        arrays = np.stack([t.numpy() for _, _, t in entries])  # [step, row, ...]
+        if layout == "frames_in_batch":
+            dims = ("step", "row", "head", "frame", "query_bin", "key_bin")
+        elif layout == "frames_in_sequence":
+            dims = ("step", "row", "head", "query_frame", "key_frame")
+        else:
+            dims = ("step", "row", "head", "query_bin", "key_bin")
+        da = xr.DataArray(arrays, dims=dims, coords={"step": steps, "row": [f"{b}:{s}" for b, s in rows]})
+        if len(rows) == 1:
+            da = da.isel(row=0, drop=True)
+        ds = xr.Dataset({"attention": da}, attrs={"layer": name, "kind": by_name[name].kind, "layout": layout})
+        children[name] = xr.DataTree(ds)
+    return xr.DataTree(xr.Dataset(attrs=attrs), children=children)
