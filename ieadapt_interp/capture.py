@@ -76,7 +76,8 @@ def stats_dataset(
         },
         attrs=attrs,
     )
-    max_h = xr.DataArray(np.log(np.maximum(n_keys, 2)).astype(float), dims="layer")
+    # a single key (1×1 latent at the bottleneck of a tiny video) has no entropy to normalise: NaN
+    max_h = xr.DataArray(np.where(n_keys > 1, np.log(np.maximum(n_keys, 1)), np.nan), dims="layer")
     ds["entropy_pct"] = 100.0 * ds["entropy"] / max_h
     if "entropy_text" in ds:
         ds["entropy_text_pct"] = 100.0 * ds["entropy_text"] / max_h

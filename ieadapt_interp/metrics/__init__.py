@@ -1,0 +1,59 @@
+"""Video metrics for attention-perturbation and editing studies, behind one registry.
+
+Videos are uint8 numpy arrays ``frames × H × W × 3``. Weight-free: ``ssim``, ``temporal_ssim``,
+``dynamic_degree``, ``motion_smoothness_flow``. Learned (local weights only, see :mod:`.weights`): ``lpips``,
+``aesthetic_quality``, ``imaging_quality``, ``subject_consistency``, ``clip_score``,
+``clip_directional_similarity``; ``motion_smoothness`` (VBench/AMT) is registered but not implemented.
+
+Example:
+    >>> from ieadapt_interp.metrics import compute_metrics
+    >>> compute_metrics(["ssim", "dynamic_degree"], video, reference=baseline)  # doctest: +SKIP
+    {'ssim': 0.81, 'dynamic_degree': 1.7}
+"""
+
+from .clip import ClipBundle, clip_directional_similarity, clip_score, load_clip
+from .dino import load_dino
+from .motion import dynamic_degree, motion_smoothness_flow
+from .musiq import MUSIQ
+from .registry import METRICS, Metric, compute_metrics, get_metric
+from .structure import load_lpips, lpips, ssim, temporal_ssim
+from .vbench import (
+    AestheticScorer,
+    MetricNotImplementedError,
+    aesthetic_quality,
+    imaging_quality,
+    load_aesthetic,
+    load_musiq,
+    motion_smoothness,
+    subject_consistency,
+)
+from .weights import WEIGHTS_ENV, MissingWeightsError
+
+__all__ = [
+    "METRICS",
+    "MUSIQ",
+    "WEIGHTS_ENV",
+    "AestheticScorer",
+    "ClipBundle",
+    "Metric",
+    "MetricNotImplementedError",
+    "MissingWeightsError",
+    "aesthetic_quality",
+    "clip_directional_similarity",
+    "clip_score",
+    "compute_metrics",
+    "dynamic_degree",
+    "get_metric",
+    "imaging_quality",
+    "load_aesthetic",
+    "load_clip",
+    "load_dino",
+    "load_lpips",
+    "load_musiq",
+    "lpips",
+    "motion_smoothness",
+    "motion_smoothness_flow",
+    "ssim",
+    "subject_consistency",
+    "temporal_ssim",
+]

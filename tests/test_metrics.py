@@ -1,0 +1,133 @@
+"""Weight-free metrics, the registry, and input validation (hand-computed values where a formula exists)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from ieadapt_interp.metrics import (
+    METRICS,
+    compute_metrics,
+    dynamic_degree,
+    get_metric,
+    motion_smoothness_flow,
+    ssim,
+    temporal_ssim,
+)
+from ieadapt_interp.metrics.motion import interpolate_midpoint
+from ieadapt_interp.metrics.registry import INPUTS
+
+
+def textured(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB texture (good for optical flow)."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (size // 10, size // 10, 3)).astype(np.uint8)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def translating(shift: int, frames: int = 6, size: int = 64) -> np.ndarray:
+    """Texture moving right by ``shift`` px per frame (cropped so no wrap-around is visible)."""
+    big = textured(size + 2 * shift * frames + 32)
+    return np.stack([big[16 : 16 + size, 16 + shift * t : 16 + shift * t + size] for t in range(frames)])[
+        :, :, ::-1
+    ]
+
+
+def static(frames: int = 4, size: int = 48) -> np.ndarray:
+    return np.repeat(textured(size)[None], frames, axis=0)
+
+
+def test_ssim_identical_is_one_and_differs_otherwise():
+    video = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    assert ssim(video, video) == pytest.approx(1.0)
+    assert ssim(video, 255 - video) < 0.5
+
+
+def test_temporal_ssim_static_is_one():
+    assert temporal_ssim(static()) == pytest.approx(1.0)
+    assert temporal_ssim(translating(3)) < 0.99
+
+
+def test_dynamic_degree_static_is_zero_and_translation_gives_its_shift():
+    assert dynamic_degree(static()) == 0.0
+    video = translating(2)
+    assert np.abs(video[1:].astype(int) - video[:-1]).mean() > 1  # really moving
+    assert dynamic_degree(video) == pytest.approx(2.0, rel=0.1)
+    assert dynamic_degree(translating(4)) == pytest.approx(4.0, rel=0.1)
+
+
+def test_midpoint_interpolation_of_a_translation():
+    video = translating(2, frames=3)
+    middle = interpolate_midpoint(video[0], video[2])
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(middle[inner].astype(int) - video[1][inner]).mean() < 2.0
+
+
+def test_motion_smoothness_flow_formula():
+    assert motion_smoothness_flow(static(5)) == 1.0
+    noise = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    smooth = motion_smoothness_flow(translating(2, frames=5))
+    assert 0.98 < smooth < 1.0
+    assert motion_smoothness_flow(noise) < smooth
+
+
+def test_registry_records_are_complete():
+    for name, metric in METRICS.items():
+        assert metric.name == name and metric.source
+        assert metric.needs[0] == "video" and set(metric.needs) <= set(INPUTS)
+        assert metric.fn.__doc__ and "Source" in metric.fn.__doc__
+    assert not METRICS["motion_smoothness"].implemented
+    assert METRICS["lpips"].higher_is_better is False
+    assert METRICS["ssim"].needs_weights == ()
+
+
+def test_unknown_metric_names_the_closest():
+    with pytest.raises(ValueError, match=r"unknown metric 'temporal_sim'.*'temporal_ssim'"):
+        get_metric("temporal_sim")
+    with pytest.raises(ValueError, match="Did you mean 'dynamic_degree'"):
+        compute_metrics(["ssim", "dynamic_degre"], static(), reference=static())
+
+
+def test_compute_metrics_weight_free():
+    video = static()
+    out = compute_metrics(["temporal_ssim", "dynamic_degree", "ssim"], video, reference=video)
+    assert out == {"temporal_ssim": pytest.approx(1.0), "dynamic_degree": 0.0, "ssim": pytest.approx(1.0)}
+
+
+@pytest.mark.parametrize(
+    "video, message",
+    [
+        (np.zeros((2, 16, 16, 3), np.float32), "uint8"),
+        (np.zeros((16, 16, 3), np.uint8), "shape"),
+        (np.zeros((2, 16, 16, 4), np.uint8), "shape"),
+        ([[0]], "numpy array"),
+        (np.zeros((0, 16, 16, 3), np.uint8), "at least 1 frame"),
+    ],
+)
+def test_bad_videos_are_rejected(video, message):
+    with pytest.raises(ValueError, match=message):
+        compute_metrics(["temporal_ssim"], video)
+
+
+def test_bad_inputs_are_rejected_before_work(monkeypatch):
+    video = static()
+    calls = []
+    spy = dataclasses.replace(METRICS["temporal_ssim"], fn=lambda *a, **k: calls.append(1) or 1.0)
+    monkeypatch.setitem(METRICS, "temporal_ssim", spy)
+    with pytest.raises(ValueError, match="needs reference"):
+        compute_metrics(["temporal_ssim", "ssim"], video)
+    with pytest.raises(ValueError, match="uint8"):
+        compute_metrics(["temporal_ssim", "ssim"], video, reference=video.astype(np.float64))
+    with pytest.raises(ValueError, match="needs prompt"):
+        compute_metrics(["clip_score"], video)
+    with pytest.raises(ValueError, match="differs from video shape"):
+        ssim(video, video[:2])
+    with pytest.raises(ValueError, match="at least 2 frame"):
+        dynamic_degree(video[:1])
+    with pytest.raises(ValueError, match="at least 7"):
+        temporal_ssim(np.zeros((2, 5, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="not requested"):
+        compute_metrics(["ssim"], video, reference=video, weights={"lpips": "x"})
+    assert calls == []
