@@ -15,6 +15,7 @@ from .interception import AttendFrom, Interception
 from .maps import MapRequest
 from .perturbation import Layers, Perturbation, identity, mix, scale, uniform
 from .pipelines import load_pipeline, tiny_pipeline
+from .traced_model import traced
 from .tracing import Result, generate, trace
 from .versions import show_versions
 
@@ -23,5 +24,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTERS", "Adapter", "AttendFrom", "Interception", "Layers", "MapRequest", "Perturbation", "Result",
     "attention_layers", "generate", "get_adapter", "identity", "load_pipeline", "mix", "scale",
-    "show_versions", "tiny_pipeline", "trace", "uniform",
+    "show_versions", "tiny_pipeline", "trace", "traced", "uniform",
 ]

@@ -1,0 +1,518 @@
+"""Fused flash-attention forward that also returns each query row's attention entropy.
+
+For one head with scaled scores ``s_ij = scale * q_i . k_j`` and ``a_ij = softmax_j(s_ij)`` this computes
+
+    out_i = sum_j a_ij v_j                      # [batch, head, query, dim], in q.dtype
+    H_i   = -sum_j a_ij log a_ij                # [batch, head, query], float32, nats
+
+in one pass over the keys, without materialising ``A`` (DESIGN.md §1, Eq. 2). The online form: with a running max
+``m``, ``l = sum_j e^{s_j - m}`` and ``t = sum_j e^{s_j - m} (s_j - m)`` (all fp32),
+
+    H = log l - t / l          (= m + log l - sum_j e^{s_j-m} s_j / l).
+
+Keeping ``t`` relative to the running max makes both terms non-negative, so there is no cancellation between large
+``m`` and ``sum e^{s-m} s / l`` when the row is peaked. When the max grows from ``m`` to ``m'`` the state is rescaled
+with ``alpha = e^{m - m'}``: ``l <- alpha l``, ``t <- alpha (t + l (m - m'))``. Inside the kernel everything is in
+base 2 (``exp2``) and converted to nats at the end.
+
+Head dims that are not a power of two are split into two power-of-two slabs where the second is >= 32 wide
+(96 = 64 + 32, 160 = 128 + 32), else padded to one masked slab (40 -> 64, 80 -> 128); see ``_split_head_dim``.
+
+Triton is imported under a guard: importing this module never fails; :func:`fused_available` says whether the
+kernel can run on the given tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+__all__ = ["flash_attention_with_entropy", "fused_available", "triton_available"]
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+def _interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _split_head_dim(d: int) -> tuple[int, int]:
+    """Split head dim ``d`` into power-of-two slabs ``(DA, DB)`` (DB may be 0), each >= 16 for ``tl.dot``.
+
+    A second slab is used only when it is at least 32 wide (96 = 64 + 32, 160 = 128 + 32); otherwise ``d`` is
+    padded to one masked power-of-two slab (40 -> 64, 80 -> 128). A masked 16-wide second slab with
+    ``BLOCK_N >= 64`` hit illegal memory accesses on an H200 with triton 3.6 (cause not found), so it is avoided,
+    and two-slab launches use ``BLOCK_N = 32`` only (the combination that was verified there).
+    """
+    d = int(d)
+    da = max(16, 1 << (d.bit_length() - 1))  # largest power of two <= d, at least 16
+    rem = d - da
+    if rem <= 0:
+        return da, 0
+    db = _next_pow2(rem)
+    if db < 32:
+        return _next_pow2(d), 0
+    return da, db
+
+
+try:  # guarded: the module imports (and fused_available answers False) where triton is missing or broken
+    import triton
+    import triton.language as tl
+
+    _HAS_TRITON = True
+except Exception:  # noqa: BLE001 - any failure means "not usable"
+    triton = tl = None
+    _HAS_TRITON = False
+
+if _HAS_TRITON:
+
+    @triton.jit
+    def _load_tile(ptrs, row_mask, col_mask, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+        # row_mask: [R] or None-equivalent, col_mask: [C]; ptrs [R, C]
+        if MASK_ROWS:
+            if MASK_COLS:
+                x = tl.load(ptrs, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+            else:
+                x = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+        else:
+            if MASK_COLS:
+                x = tl.load(ptrs, mask=col_mask[None, :], other=0.0)
+            else:
+                x = tl.load(ptrs)
+        return x
+
+    @triton.jit
+    def _load_tile_t(ptrs, col_mask, row_mask, MASK_COLS: tl.constexpr, MASK_ROWS: tl.constexpr):
+        # transposed tile [Dslab, BLOCK_N]: row_mask over head dim ([Dslab]), col_mask over keys ([BLOCK_N])
+        if MASK_COLS:
+            if MASK_ROWS:
+                x = tl.load(ptrs, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+            else:
+                x = tl.load(ptrs, mask=col_mask[None, :], other=0.0)
+        else:
+            if MASK_ROWS:
+                x = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+            else:
+                x = tl.load(ptrs)
+        return x
+
+    @triton.jit
+    def _block_update(
+        acc_a,
+        acc_b,
+        m_i,
+        l_i,
+        t_i,
+        q_a,
+        q_b,
+        K,
+        V,
+        start_n,
+        stride_kn,
+        stride_vn,
+        Nk,
+        qk_scale,
+        offs_n,
+        offs_a,
+        offs_b,
+        HEAD_DIM: tl.constexpr,
+        DA: tl.constexpr,
+        DB: tl.constexpr,
+        MASK_N: tl.constexpr,
+        DOT_PREC: tl.constexpr,
+    ):
+        MASK_A: tl.constexpr = DA > HEAD_DIM
+        MASK_B: tl.constexpr = DA + DB > HEAD_DIM
+        cols = start_n + offs_n
+        n_mask = cols < Nk
+        a_mask = offs_a < HEAD_DIM
+        # K^T slabs: [Dslab, BLOCK_N]
+        kt_a = _load_tile_t(K + cols[None, :] * stride_kn + offs_a[:, None], n_mask, a_mask, MASK_N, MASK_A)
+        qk = tl.dot(q_a, kt_a, input_precision=DOT_PREC)
+        if DB > 0:
+            b_mask = offs_b < HEAD_DIM
+            kt_b = _load_tile_t(
+                K + cols[None, :] * stride_kn + offs_b[:, None], n_mask, b_mask, MASK_N, MASK_B
+            )
+            qk = tl.dot(q_b, kt_b, qk, input_precision=DOT_PREC)
+        qk = qk * qk_scale  # scores in log2 units
+        if MASK_N:
+            qk = tl.where(n_mask[None, :], qk, -1.0e30)
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        x = qk - m_new[:, None]  # <= 0
+        p = tl.math.exp2(x)
+        alpha = tl.math.exp2(m_i - m_new)
+        t_i = alpha * (t_i + l_i * (m_i - m_new)) + tl.sum(p * x, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_a = _load_tile(V + cols[:, None] * stride_vn + offs_a[None, :], n_mask, a_mask, MASK_N, MASK_A)
+        p_lo = p.to(v_a.dtype)
+        acc_a = tl.dot(p_lo, v_a, acc_a * alpha[:, None], input_precision=DOT_PREC)
+        if DB > 0:
+            b_mask2 = offs_b < HEAD_DIM
+            v_b = _load_tile(V + cols[:, None] * stride_vn + offs_b[None, :], n_mask, b_mask2, MASK_N, MASK_B)
+            acc_b = tl.dot(p_lo, v_b, acc_b * alpha[:, None], input_precision=DOT_PREC)
+        return acc_a, acc_b, m_new, l_i, t_i
+
+    @triton.jit
+    def _fwd_kernel(
+        Q,
+        K,
+        V,
+        O,
+        ENT,
+        qk_scale,
+        stride_qb,
+        stride_qh,
+        stride_qm,
+        stride_kb,
+        stride_kh,
+        stride_kn,
+        stride_vb,
+        stride_vh,
+        stride_vn,
+        stride_ob,
+        stride_oh,
+        stride_om,
+        H,
+        Nq,
+        Nk,
+        NQ_BUCKET,
+        NK_BUCKET,
+        HEAD_DIM: tl.constexpr,
+        DA: tl.constexpr,
+        DB: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        DOT_PREC: tl.constexpr,
+    ):
+        MASK_A: tl.constexpr = DA > HEAD_DIM
+        MASK_B: tl.constexpr = DA + DB > HEAD_DIM
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(Nq, BLOCK_M)
+        pid_m = pid % num_m
+        pid_bh = pid // num_m
+        off_b = (pid_bh // H).to(tl.int64)
+        off_h = (pid_bh % H).to(tl.int64)
+        Q += off_b * stride_qb + off_h * stride_qh
+        K += off_b * stride_kb + off_h * stride_kh
+        V += off_b * stride_vb + off_h * stride_vh
+        O += off_b * stride_ob + off_h * stride_oh
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_a = tl.arange(0, DA)
+        m_mask = offs_m < Nq
+        a_mask = offs_a < HEAD_DIM
+        q_a = _load_tile(Q + offs_m[:, None] * stride_qm + offs_a[None, :], m_mask, a_mask, True, MASK_A)
+        acc_a = tl.zeros([BLOCK_M, DA], dtype=tl.float32)
+        if DB > 0:
+            offs_b = DA + tl.arange(0, DB)
+            b_mask = offs_b < HEAD_DIM
+            q_b = _load_tile(Q + offs_m[:, None] * stride_qm + offs_b[None, :], m_mask, b_mask, True, MASK_B)
+            acc_b = tl.zeros([BLOCK_M, DB], dtype=tl.float32)
+        else:
+            offs_b = offs_a
+            q_b = q_a
+            acc_b = acc_a
+
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        t_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+        n_full = (Nk // BLOCK_N) * BLOCK_N
+        for start_n in range(0, n_full, BLOCK_N):
+            acc_a, acc_b, m_i, l_i, t_i = _block_update(
+                acc_a,
+                acc_b,
+                m_i,
+                l_i,
+                t_i,
+                q_a,
+                q_b,
+                K,
+                V,
+                start_n,
+                stride_kn,
+                stride_vn,
+                Nk,
+                qk_scale,
+                offs_n,
+                offs_a,
+                offs_b,
+                HEAD_DIM,
+                DA,
+                DB,
+                False,
+                DOT_PREC,
+            )
+        if n_full < Nk:
+            acc_a, acc_b, m_i, l_i, t_i = _block_update(
+                acc_a,
+                acc_b,
+                m_i,
+                l_i,
+                t_i,
+                q_a,
+                q_b,
+                K,
+                V,
+                n_full,
+                stride_kn,
+                stride_vn,
+                Nk,
+                qk_scale,
+                offs_n,
+                offs_a,
+                offs_b,
+                HEAD_DIM,
+                DA,
+                DB,
+                True,
+                DOT_PREC,
+            )
+
+        inv_l = 1.0 / l_i
+        ent = (tl.math.log2(l_i) - t_i * inv_l) * 0.6931471805599453  # nats
+        tl.store(ENT + pid_bh.to(tl.int64) * Nq + offs_m, ent, mask=m_mask)
+        o_a = (acc_a * inv_l[:, None]).to(O.dtype.element_ty)
+        o_ptrs = O + offs_m[:, None] * stride_om + offs_a[None, :]
+        if MASK_A:
+            tl.store(o_ptrs, o_a, mask=m_mask[:, None] & a_mask[None, :])
+        else:
+            tl.store(o_ptrs, o_a, mask=m_mask[:, None])
+        if DB > 0:
+            o_b = (acc_b * inv_l[:, None]).to(O.dtype.element_ty)
+            o_ptrs_b = O + offs_m[:, None] * stride_om + offs_b[None, :]
+            tl.store(o_ptrs_b, o_b, mask=m_mask[:, None] & b_mask[None, :])
+
+    # Hopper-oriented configs, kept few so autotuning stays short; pruned by head dim below.
+    configs = [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    ]
+
+    def _prune(configs, named_args, **kwargs):
+        a = {**named_args, **kwargs}
+        d_tot = a.get("DA", 64) + a.get("DB", 0)
+        nq = a.get("Nq", 1 << 16)
+        out = []
+        for c in configs:
+            bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+            if d_tot > 128 and bn > 64:  # too many registers / too much smem for big head dims
+                continue
+            if nq <= 64 and bm > 64:
+                continue
+            out.append(c)
+        return out or configs[-2:]
+
+    _fwd_tuned_two_slab = triton.autotune(
+        configs=[c for c in configs if c.kwargs["BLOCK_N"] == 32],
+        key=["HEAD_DIM", "NQ_BUCKET", "NK_BUCKET"],
+    )(_fwd_kernel)
+
+    _fwd_tuned = triton.autotune(
+        configs=configs,
+        key=["HEAD_DIM", "NQ_BUCKET", "NK_BUCKET"],
+        prune_configs_by={"early_config_prune": _prune},
+    )(_fwd_kernel)
+
+
+def triton_available() -> bool:
+    """True when triton imports and the kernels are defined."""
+    return _HAS_TRITON
+
+
+def fused_available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None) -> bool:
+    """Whether :func:`flash_attention_with_entropy` can compute this attention call.
+
+    True iff ``q, k, v`` are CUDA tensors on one device with one dtype in {fp16, bf16, fp32}, shapes
+    ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, D)`` with ``0 < D <= 256`` and non-empty sequences, no
+    ``attn_mask``, triton importable, and no autograd needed (the kernel has no backward).
+    """
+    if attn_mask is not None:
+        return False
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return False
+    if not (q.is_cuda and k.is_cuda and v.is_cuda) or not (q.device == k.device == v.device):
+        return False
+    if q.dtype not in _SUPPORTED_DTYPES or not (q.dtype == k.dtype == v.dtype):
+        return False
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return False
+    b, h, nq, d = q.shape
+    if tuple(k.shape) != (b, h, k.shape[2], d) or tuple(v.shape) != tuple(k.shape):
+        return False
+    if not (0 < d <= _MAX_HEAD_DIM) or nq == 0 or k.shape[2] == 0 or b * h == 0:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    return triton_available()
+
+
+def _pick_config(nq: int, nk: int, d_tot: int, two_slab: bool = False) -> dict:
+    """A fixed launch config for problems too small to be worth autotuning."""
+    if nq <= 64 and nk <= 64:
+        bm, bn, warps, stages = min(64, max(16, _next_pow2(nq))), min(64, max(16, _next_pow2(nk))), 4, 2
+    else:
+        bm = 128 if nq > 64 else 64
+        bn, warps, stages = 64, (8 if bm == 128 else 4), 3
+    if d_tot > 128 or two_slab:
+        bn, stages = min(bn, 32), 2
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+
+
+def flash_attention_with_entropy(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and per-query-row attention entropy in one fused pass.
+
+    Parameters
+    ----------
+    q : Tensor ``[batch, head, query, dim]`` (CUDA; fp16, bf16 or fp32; any strides)
+    k, v : Tensor ``[batch, head, key, dim]``
+    scale : float, optional
+        Score scale; ``1/sqrt(dim)`` when ``None`` (as :func:`torch.nn.functional.scaled_dot_product_attention`).
+
+    Returns
+    -------
+    out : Tensor ``[batch, head, query, dim]`` in ``q.dtype`` — equals ``F.scaled_dot_product_attention(q, k, v,
+        scale=scale)`` (its memory layout is ``[batch, query, head, dim]`` permuted, as flash SDPA returns).
+    entropy : Tensor ``[batch, head, query]`` float32, in nats: ``H_i = -sum_j a_ij log a_ij`` (``0 <= H_i <= log
+        Nk``). Divide by ``log(Nk)`` for the paper's normalised entropy.
+    """
+    if not _HAS_TRITON:
+        raise RuntimeError("flash_attention_with_entropy needs triton; check fused_available(q, k, v) first")
+    interpret = _interpret_mode()
+    if not interpret and not (q.is_cuda and k.is_cuda and v.is_cuda):
+        raise ValueError(
+            "flash_attention_with_entropy needs CUDA tensors; check fused_available(q, k, v) first"
+        )
+    if (
+        q.dim() != 4
+        or k.shape != v.shape
+        or k.dim() != 4
+        or q.shape[-1] != k.shape[-1]
+        or q.shape[:2] != k.shape[:2]
+    ):
+        raise ValueError(
+            f"expected q (B,H,Nq,D), k and v (B,H,Nk,D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.dtype not in _SUPPORTED_DTYPES or not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"dtypes must match and be fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    if not (0 < D <= _MAX_HEAD_DIM):
+        raise ValueError(f"head dim {D} not supported (1..{_MAX_HEAD_DIM})")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+
+    # the kernel needs unit stride along the head dim (vector loads); any other strides are passed through
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    # [B, Nq, H, D] memory, viewed as [B, H, Nq, D] (what flash SDPA returns; transpose(1, 2).reshape is free)
+    out = torch.empty((B, Nq, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
+    ent = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    if B * H == 0 or Nq == 0:
+        return out, ent
+    if Nk == 0:
+        raise ValueError("attention over zero keys is undefined")
+
+    DA, DB = _split_head_dim(D)
+    # fp32: three-pass tf32 on the tensor cores (~fp32 accuracy; plain "ieee" spills heavily in triton on Hopper)
+    fp32 = q.dtype == torch.float32
+    dot_prec = ("ieee" if interpret else "tf32x3") if fp32 else "tf32"
+    args = (
+        q,
+        k,
+        v,
+        out,
+        ent,
+        float(scale) * _LOG2E,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        H,
+        Nq,
+        Nk,
+        min(_next_pow2(Nq), 1 << 16),
+        min(_next_pow2(Nk), 1 << 16),
+    )
+    small = Nq <= 64 and Nk <= 64  # e.g. AnimateDiff temporal attention (N = 16)
+    # autotune only where it pays (and compiles once per key); smaller problems take a fixed, sensible config
+    big = B * H * Nq * Nk * (DA + DB) >= (1 << 30)
+    if interpret or small or fp32 or not big:
+        cfg = _pick_config(Nq, Nk, DA + DB, two_slab=DB > 0)
+        # fp32: few registers to spare with three-pass tf32, so small tiles and no autotuning (it is a fallback)
+        if fp32:
+            cfg.update(
+                BLOCK_M=min(cfg["BLOCK_M"], 64), BLOCK_N=min(cfg["BLOCK_N"], 32), num_warps=4, num_stages=2
+            )
+        grid = (triton_cdiv(Nq, cfg["BLOCK_M"]) * B * H,)
+        _fwd_kernel[grid](
+            *args,
+            HEAD_DIM=D,
+            DA=DA,
+            DB=DB,
+            BLOCK_M=cfg["BLOCK_M"],
+            BLOCK_N=cfg["BLOCK_N"],
+            DOT_PREC=dot_prec,
+            num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
+        )
+    else:
+
+        def grid(meta):
+            return (triton_cdiv(Nq, meta["BLOCK_M"]) * B * H,)
+
+        tuned = _fwd_tuned_two_slab if DB > 0 else _fwd_tuned
+        tuned[grid](*args, HEAD_DIM=D, DA=DA, DB=DB, DOT_PREC=dot_prec)
+    return out, ent
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def attention_entropy_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, chunk_elems: int = 1 << 28
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unfused reference in plain torch: SDPA for the output, chunked fp32 logsumexp for the entropy.
+
+    Materialises at most ``chunk_elems`` scores at a time. Used by tests and as the "two-pass" benchmark baseline.
+    """
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    ent = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
+    rows = max(1, chunk_elems // max(1, B * H * Nk))
+    kf = k.float()
+    for i in range(0, Nq, rows):
+        s = torch.matmul(q[:, :, i : i + rows].float(), kf.transpose(-1, -2)) * scale
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        p = torch.exp(s - lse)
+        ent[:, :, i : i + rows] = lse.squeeze(-1) - (p * s).sum(-1)
+    return out, ent
