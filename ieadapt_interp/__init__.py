@@ -10,16 +10,24 @@ Video Diffusion Models).
 16
 """
 
+from . import accessor as _accessor  # noqa: F401  (registers ds.ieadapt)
 from .adapters import ADAPTERS, Adapter, attention_layers, get_adapter
 from .interception import AttendFrom, Interception
 from .maps import MapRequest
 from .perturbation import Layers, Perturbation, identity, mix, scale, uniform
 from .pipelines import load_pipeline, tiny_pipeline
-from .traced_model import traced
 from .tracing import Result, generate, trace
 from .versions import show_versions
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "traced":  # imports nnsight only when asked for
+        from .traced_model import traced
+
+        return traced
+    raise AttributeError(f"module 'ieadapt_interp' has no attribute {name!r}")
 
 __all__ = [
     "ADAPTERS", "Adapter", "AttendFrom", "Interception", "Layers", "MapRequest", "Perturbation", "Result",

@@ -25,6 +25,7 @@ Shapes follow ``F.scaled_dot_product_attention``: ``q: [B, head, query, dim]``,
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -111,7 +112,9 @@ def sdpa_with_entropy(
     """
     from .kernels import flash_attention_with_entropy, fused_available
 
-    if not sdpa_kwargs.get("is_causal") and not sdpa_kwargs.get("dropout_p") and fused_available(q, k, v, attn_mask):
+    use_fused = os.environ.get("IEADAPT_FUSED", "1") != "0"  # IEADAPT_FUSED=0 forces the two-pass path
+    if use_fused and not sdpa_kwargs.get("is_causal") and not sdpa_kwargs.get("dropout_p") \
+            and fused_available(q, k, v, attn_mask):
         return flash_attention_with_entropy(q, k, v, scale=scale)
     sdpa = sdpa or torch.nn.functional.scaled_dot_product_attention
     out = sdpa(q, k, v, attn_mask=attn_mask, scale=scale, **sdpa_kwargs)

@@ -1,0 +1,119 @@
+"""Benchmark: one denoising step with CFG, plain vs traced (entropy on every self-attention layer).
+
+Real-scale random weights (no downloads): AnimateDiff = SD 1.5 UNet config + motion adapter v1-5-3
+config (no mid-block motion module), fp16, 512×512, 16 frames; CogVideoX-5B config, bf16, 49 frames,
+480×720 (sequence 17 776 with text). Prints and writes JSON: ms/step (median), traced/plain ratio,
+peak memory.
+
+    python benchmarks/bench_trace.py --out results.json [--models animatediff cogvideox] [--reps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+
+def animatediff_case(device: str):
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+        attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    adapter = MotionAdapter(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
+                            motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32,
+                            use_motion_mid_block=False)
+    model = UNetMotionModel.from_unet2d(unet, adapter).to(device, torch.float16).eval().requires_grad_(False)
+    frames = 16
+    sample = torch.randn(2, 4, frames, 64, 64, device=device, dtype=torch.float16)
+    text = torch.randn(2, 77, 768, device=device, dtype=torch.float16).repeat_interleave(frames, 0)
+    t = torch.tensor(500, device=device)
+    return SimpleNamespace(unet=model), lambda: model(sample, t, encoder_hidden_states=text).sample
+
+
+def cogvideox_case(device: str):
+    from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+        text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=226, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False, norm_eps=1e-5, activation_fn="gelu-approximate",
+        timestep_activation_fn="silu", flip_sin_to_cos=True, freq_shift=0, attention_bias=True,
+        spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0,
+    ).to(device, torch.bfloat16).eval().requires_grad_(False)
+    fake = SimpleNamespace(transformer=model, vae_scale_factor_spatial=8)
+    rope = CogVideoXPipeline._prepare_rotary_positional_embeddings(fake, 480, 720, 13, torch.device(device))
+    sample = torch.randn(2, 13, 16, 60, 90, device=device, dtype=torch.bfloat16)
+    text = torch.randn(2, 226, 4096, device=device, dtype=torch.bfloat16)
+    t = torch.tensor([500, 500], device=device)
+    run = lambda: model(hidden_states=sample, encoder_hidden_states=text, timestep=t,  # noqa: E731
+                        image_rotary_emb=rope).sample
+    return SimpleNamespace(transformer=model), run
+
+
+def _time(fn, reps: int) -> tuple[float, float]:
+    torch.cuda.synchronize()
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+
+
+def bench(name: str, reps: int) -> dict:
+    from ieadapt_interp import attention_layers
+    from ieadapt_interp.interception import Interception
+
+    pipe_like, step = {"animatediff": animatediff_case, "cogvideox": cogvideox_case}[name]("cuda")
+    self_attention = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
+    with torch.no_grad():
+        plain_ms, plain_gib = _time(step, reps)
+        ic = Interception(pipe_like, capture=self_attention, record_branches=("all",))
+        with ic:
+            traced_ms, traced_gib = _time(step, reps)
+        ic.records.clear()
+        with ic:
+            step()
+        n_calls = len(ic.records)
+    result = {"model": name, "plain_ms": plain_ms, "traced_ms": traced_ms, "ratio": traced_ms / plain_ms,
+              "plain_peak_gib": plain_gib, "traced_peak_gib": traced_gib, "memory_ratio": traced_gib / plain_gib,
+              "layers_captured": len(self_attention), "calls_recorded_per_step": n_calls, "reps": reps}
+    print(json.dumps(result), flush=True)
+    del pipe_like, step
+    torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["animatediff", "cogvideox"])
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    import diffusers
+    import triton
+
+    info = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "triton": triton.__version__, "diffusers": diffusers.__version__}
+    print(json.dumps(info), flush=True)
+    results = [bench(name, args.reps) for name in args.models]
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"info": info, "results": results}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The main job: execute every notebook headless with papermill on the embedded default model.
+
+``python -m ieadapt_interp.notebook_runner --out runs`` writes each executed notebook and its figures
+under ``runs/<notebook name>/``.
+
+>>> [p.name for p in notebook_paths()][:1]
+['00_quickstart.ipynb']
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebook_paths(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The repository's notebooks in order (``00_…``, ``01_…``)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No notebooks folder at {folder}; run from a clone of the repository.")
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_notebook(path: Path, out_root: Path, parameters: dict | None = None) -> Path:
+    """Execute one notebook into ``out_root/<name>/<name>.ipynb`` with ``out_dir`` pointing there."""
+    import papermill
+
+    out_dir = out_root / path.stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / path.name
+    papermill.execute_notebook(str(path), str(target), parameters={"out_dir": str(out_dir), **(parameters or {})},
+                               kernel_name="python3", progress_bar=False, cwd=str(out_root.parent))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Execute every notebook headless (papermill) on the default model.")
+    parser.add_argument("--out", default="runs", help="folder for executed notebooks and figures (default: runs)")
+    parser.add_argument("--only", nargs="*", help="notebook name prefixes to run, e.g. 00 01")
+    args = parser.parse_args(argv)
+    out_root = Path(args.out).resolve()
+    for path in notebook_paths():
+        if args.only and not any(path.name.startswith(p) for p in args.only):
+            continue
+        start = time.perf_counter()
+        target = run_notebook(path, out_root)
+        print(f"{path.name}: {time.perf_counter() - start:.0f} s -> {target}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
