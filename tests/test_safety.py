@@ -96,3 +96,30 @@ def test_mid_block_motion_module_is_temporal():
     mid = df[df.block == "mid"]
     assert set(mid.kind) == {"spatial", "cross", "temporal"}
     assert (df.kind == "spatial").sum() == 1 + 1 + 2  # down.0, mid, up.1 ×2
+
+
+def test_sdxl_layout_motion_unet_is_supported():
+    """SDXL-style blocks (several transformer blocks per attention) keep forward order and kinds."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    unet2d = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, cross_attention_dim=16, attention_head_dim=2,
+        norm_num_groups=4, transformer_layers_per_block=(1, 2),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    adapter = MotionAdapter(block_out_channels=(8, 16), motion_layers_per_block=1, motion_num_attention_heads=2,
+                            motion_norm_num_groups=4, use_motion_mid_block=False)
+    pipe = ia.tiny_pipeline("animatediff")
+    pipe.unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    df = ia.attention_layers(pipe)
+    spatial = df[df.kind == "spatial"]
+    assert spatial.name.tolist()[:2] == ["down_blocks.1.attentions.0.transformer_blocks.0.attn1",
+                                         "down_blocks.1.attentions.0.transformer_blocks.1.attn1"]
+    assert spatial["index"].tolist() == list(range(1, len(spatial) + 1))
+
+
+def test_load_pipeline_missing_weights_says_what_to_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Download the base model"):
+        ia.load_pipeline(tmp_path / "no_such_model")
+    (tmp_path / "base").mkdir()
+    with pytest.raises(FileNotFoundError, match="motion_adapter"):
+        ia.load_pipeline(tmp_path / "base")
