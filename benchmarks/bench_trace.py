@@ -77,7 +77,8 @@ def bench(name: str, reps: int) -> dict:
     from ieadapt_interp import attention_layers
     from ieadapt_interp.interception import Interception
 
-    pipe_like, step = {"animatediff": animatediff_case, "cogvideox": cogvideox_case}[name]("cuda")
+    with torch.device("cuda"):  # initialise the random weights on the GPU (fast)
+        pipe_like, step = {"animatediff": animatediff_case, "cogvideox": cogvideox_case}[name]("cuda")
     self_attention = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
     with torch.no_grad():
         plain_ms, plain_gib = _time(step, reps)
