@@ -15,7 +15,9 @@ from .adapters import ADAPTERS, Adapter, attention_layers, get_adapter
 from .interception import AttendFrom, Interception
 from .maps import MapRequest
 from .perturbation import Layers, Perturbation, identity, mix, scale, uniform
+from . import presets
 from .pipelines import load_pipeline, tiny_pipeline
+from .sweeps import open_sweep, sweep
 from .tracing import Result, generate, trace
 from .versions import show_versions
 
@@ -32,5 +34,5 @@ def __getattr__(name: str):
 __all__ = [
     "ADAPTERS", "Adapter", "AttendFrom", "Interception", "Layers", "MapRequest", "Perturbation", "Result",
     "attention_layers", "generate", "get_adapter", "identity", "load_pipeline", "mix", "scale",
-    "show_versions", "tiny_pipeline", "trace", "traced", "uniform",
+    "open_sweep", "presets", "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform",
 ]

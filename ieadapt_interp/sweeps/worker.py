@@ -1,0 +1,229 @@
+"""The unit of sweep work: a :class:`Task` (one baseline, or a batch of perturbation variants of one
+(prompt, seed)) run by a :class:`Worker` that holds the pipeline. Both engines use it unchanged, so the
+local and Ray engines compute the same numbers for the same tasks.
+
+A batch task runs its variants in **one** batched forward pass (``generate(variants=...)``), sharing the
+prompt and the initial noise; metrics compare each variant with the baseline video of its (prompt, seed).
+
+>>> worker = Worker(("tiny", "animatediff"), {"num_frames": 4, "height": 16, "width": 16,
+...                 "num_inference_steps": 2}, ("temporal_ssim",))          # doctest: +SKIP
+>>> [r.key for r in worker.run(Task(0, 0, "a red circle", 0, (0,), ((),)))]  # doctest: +SKIP
+[(0, 0, 0)]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .models import build_pipeline, is_spec
+
+
+@dataclass(frozen=True)
+class Task:
+    """Jobs of one (prompt, seed) run together.
+
+    ``perturbations``: indices on the sweep's perturbation axis (``(0,)`` = the baseline, run alone with
+    attention capture); ``variants``: their serialised perturbations (``Perturbation.to_dict()`` lists);
+    ``reference``: the baseline video ``uint8 [frame, H, W, 3]`` (``None`` for the baseline task).
+    """
+
+    prompt_index: int
+    seed_index: int
+    prompt: str
+    seed: int
+    perturbations: tuple[int, ...]
+    variants: tuple[tuple[dict, ...], ...]
+    reference: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.perturbations == (0,)
+
+
+@dataclass
+class JobResult:
+    """One finished job: ``key = (prompt_index, seed_index, perturbation_index)``.
+
+    ``values[m]`` is metric ``m`` (NaN when missing, with ``reasons[m]`` saying why, else ``""``);
+    ``video`` uint8 ``[frame, H, W, 3]``; ``stats`` the baseline's attention statistics
+    (``xr.Dataset`` over step, layer, head, frame) for the baseline job only; ``seconds`` the wall time of
+    the task divided by its number of jobs.
+    """
+
+    key: tuple[int, int, int]
+    values: list[float]
+    reasons: list[str]
+    video: np.ndarray
+    seconds: float
+    stats: Any = None
+
+
+SCHEDULERS = {
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+}
+
+
+def set_scheduler(pipe, name: str | None) -> None:
+    """Replace ``pipe.scheduler`` by the named diffusers scheduler built from its config (``None``: keep)."""
+    if name is None:
+        return
+    key = str(name).lower().replace("-", "_").replace(" ", "_")
+    if key not in SCHEDULERS:
+        raise ValueError(
+            f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)} (or leave it out to keep "
+            "the pipeline's own)."
+        )
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[key])
+    if type(pipe.scheduler) is not cls:
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def _lam(perts) -> float:
+    """λ on the I↔U (mix) or A↔U (scale) axis: identity = 1, uniform = 0; NaN when variants disagree."""
+    lams = {
+        1.0 if p.replacement == "identity" else 0.0 if p.replacement == "uniform" else p.lam for p in perts
+    }
+    return lams.pop() if len(lams) == 1 else math.nan
+
+
+class Worker:
+    """Holds a pipeline and runs :class:`Task` objects.
+
+    Parameters
+    ----------
+    model
+        A pipeline object, or a spec (see :mod:`.models`) built here — in a Ray actor, on its GPU.
+    generation
+        Settings for :func:`ieadapt_interp.generate` (``num_frames``, ``num_inference_steps``,
+        ``guidance_scale``, ``height``, ``width``, ``negative_prompt``, ``branch``, ``scheduler``).
+    metrics
+        Registry names, computed per job with the baseline video as reference.
+    """
+
+    def __init__(
+        self, model: Any, generation: Mapping[str, Any], metrics: Sequence[str], device: str | None = None
+    ):
+        self.pipe = build_pipeline(model, device) if is_spec(model) else model
+        generation = dict(generation)
+        set_scheduler(self.pipe, generation.pop("scheduler", None))
+        self.generation = generation
+        self.metrics = tuple(metrics)
+        self.device = str(getattr(self.pipe, "_execution_device", "cpu"))
+
+    def layer_table(self):
+        """:func:`ieadapt_interp.attention_layers` of the held pipeline (a DataFrame)."""
+        from ..adapters import attention_layers
+
+        return attention_layers(self.pipe)
+
+    def describe(self, variants: Sequence[Sequence[dict]]) -> list[dict]:
+        """Check the metrics (:meth:`check_metrics`) and resolve every variant's layers (KeyError /
+        ValueError for unknown ones) → one coordinate record per variant."""
+        from ..perturbation import Perturbation
+
+        self.check_metrics()
+
+        table = self.layer_table().set_index("name", drop=False)
+        out = []
+        for variant in variants:
+            perts = [Perturbation.from_dict(d) for d in variant]
+            names = list(
+                dict.fromkeys(n for p in perts for n in p.layers.resolve(table.reset_index(drop=True)))
+            )
+            rows = table.loc[names]
+            labels = sorted({p.label for p in perts})
+            out.append(
+                {
+                    "layer": names[0] if len(names) == 1 else ";".join(names),
+                    "kind": "+".join(dict.fromkeys(rows["kind"])),
+                    "block": "+".join(dict.fromkeys(rows["block"])),
+                    "index": int(rows["index"].iloc[0]) if len(names) == 1 else -1,
+                    "n_layers": len(names),
+                    "replacement": "+".join(sorted({p.replacement for p in perts})),
+                    "lam": _lam(perts),
+                    "label": "+".join(labels),
+                }
+            )
+        return out
+
+    def check_metrics(self) -> None:
+        """Compute every metric once on a black video of the sweep's size; raise (before any work) if one
+        cannot take such videos (e.g. ``lpips`` needs ≥ 32×32 px). Missing weights are fine (recorded later)."""
+        from ..adapters import get_adapter
+        from ..metrics import compute_metrics
+
+        default_h, default_w = get_adapter(self.pipe).default_size(self.pipe)
+        shape = (
+            int(self.generation.get("num_frames", 16)),
+            int(self.generation.get("height") or default_h),
+            int(self.generation.get("width") or default_w),
+            3,
+        )
+        video = np.zeros(shape, np.uint8)
+        try:
+            compute_metrics(
+                self.metrics,
+                video,
+                reference=video,
+                prompt="a test",
+                on_missing="nan",
+                reasons={},
+                device=self.device,
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"metrics {list(self.metrics)} cannot be computed on {shape[0]}-frame {shape[1]}×{shape[2]} "
+                f"videos: {error}. Drop that metric or change the generation size."
+            ) from error
+
+    def run(self, task: Task) -> list[JobResult]:
+        """Run one task → one :class:`JobResult` per job, in ``task.perturbations`` order."""
+        from ..metrics import compute_metrics
+        from ..perturbation import Perturbation
+        from ..tracing import generate
+
+        start = time.perf_counter()
+        kwargs = dict(self.generation, seed=task.seed)
+        if task.is_baseline:
+            result = generate(self.pipe, task.prompt, capture=True, **kwargs)
+            videos, stats = result.videos, result.stats
+        else:
+            specs = [[Perturbation.from_dict(d) for d in variant] for variant in task.variants]
+            videos, stats = generate(self.pipe, task.prompt, variants=specs, **kwargs).videos, None
+        seconds = (time.perf_counter() - start) / len(task.perturbations)
+        results = []
+        for k, video in zip(task.perturbations, videos):
+            reference = video if task.is_baseline else task.reference
+            reasons: dict[str, str] = {}
+            values = compute_metrics(
+                self.metrics,
+                video,
+                reference=reference,
+                prompt=task.prompt,
+                on_missing="nan",
+                reasons=reasons,
+                device=self.device,
+            )
+            results.append(
+                JobResult(
+                    key=(task.prompt_index, task.seed_index, k),
+                    values=[float(values[m]) for m in self.metrics],
+                    reasons=[reasons.get(m, "") for m in self.metrics],
+                    video=np.ascontiguousarray(video),
+                    seconds=seconds,
+                    stats=stats,
+                )
+            )
+        return results
