@@ -14,8 +14,9 @@ from . import accessor as _accessor  # noqa: F401  (registers ds.ieadapt)
 from .adapters import ADAPTERS, Adapter, attention_layers, get_adapter
 from .interception import AttendFrom, Interception
 from .maps import MapRequest
+from .models import resolve_model
 from .perturbation import Layers, Perturbation, identity, mix, scale, uniform
-from . import presets
+from . import explorer, figures, findings, presets, video
 from .pipelines import load_pipeline, tiny_pipeline
 from .sweeps import open_sweep, sweep
 from .tracing import Result, generate, trace
@@ -34,5 +35,5 @@ def __getattr__(name: str):
 __all__ = [
     "ADAPTERS", "Adapter", "AttendFrom", "Interception", "Layers", "MapRequest", "Perturbation", "Result",
     "attention_layers", "generate", "get_adapter", "identity", "load_pipeline", "mix", "scale",
-    "open_sweep", "presets", "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform",
+    "explorer", "figures", "findings", "open_sweep", "presets", "resolve_model", "video", "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform",
 ]

@@ -1,0 +1,737 @@
+"""Re-checking the paper's findings (DESIGN.md §2) on a model: measurements, not assumptions.
+
+Three layers of functions:
+
+* summaries of one traced run's ``stats`` (``(step, layer, head, frame)`` Dataset from
+  :func:`ieadapt_interp.trace`): :func:`layer_means`, :func:`energy_bound_violations`,
+  :func:`entropy_share`, :func:`energy_position`;
+* :func:`perturbation_table` — per-layer I / U perturbations of a pipeline measured with the weight-free
+  metrics, as a sweep-shaped ``xr.Dataset`` ``value[prompt, seed, perturbation, metric]``;
+* :func:`check_findings` (pure, on those two) and :func:`run_findings_check` (generates them) →
+  a DataFrame ``(id, finding, measure, effect, holds, detail)``; :func:`findings_markdown` renders it.
+
+Sweep-shaped Dataset (also what :mod:`ieadapt_interp.figures` reads): dims ``(prompt, seed,
+perturbation, metric)``, variable ``value``; coordinates along ``perturbation``: ``layer`` (module path,
+or a group label), ``kind``, ``block``, ``index`` (−1 for the baseline and groups), ``replacement``
+(``"none"`` marks the unperturbed baseline), ``lam``.
+
+>>> import numpy as np, xarray as xr
+>>> ds = xr.Dataset({"energy": (("step", "layer", "head", "frame"), np.full((1, 1, 1, 2), 2.0)),
+...                  "energy_identity": (("step", "layer", "head", "frame"), np.full((1, 1, 1, 2), 3.0)),
+...                  "energy_uniform": (("step", "layer", "head", "frame"), np.array([[[[1.0, 2.5]]]]))},
+...                 coords={"layer": ["a"], "kind": ("layer", ["spatial"]), "index": ("layer", [1])})
+>>> int(energy_bound_violations(ds).violations.sum())
+1
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .perturbation import KINDS, Layers, LayerSpec, Perturbation, as_layers
+
+#: Metrics that need no weights (all the findings check uses).
+WEIGHT_FREE_METRICS: tuple[str, ...] = ("ssim", "temporal_ssim", "dynamic_degree", "motion_smoothness_flow")
+BASELINE = "baseline"
+#: Group label under which :func:`perturbation_table` perturbs every layer of a kind at once.
+GROUP_PREFIX = "all "
+
+
+# --------------------------------------------------------------------------- summaries of stats
+
+
+def video_stats(stats: xr.Dataset, sample: int = 0, branch: str | None = None) -> xr.Dataset:
+    """``stats`` reduced to ``(step, layer, head, frame)``: picks one ``sample`` / ``branch`` when present."""
+    if not isinstance(stats, xr.Dataset):
+        raise TypeError(
+            f"expected the stats Dataset of a traced run (Result.stats); got {type(stats).__name__}."
+        )
+    if "sample" in stats.dims:
+        stats = stats.isel(sample=sample)
+    if "branch" in stats.dims:
+        stats = stats.sel(branch=branch) if branch is not None else stats.isel(branch=0)
+    missing = {"step", "layer"} - set(stats.dims)
+    if missing:
+        raise ValueError(f"stats lacks dims {sorted(missing)}; expected (step, layer, head, frame).")
+    return stats
+
+
+def _need(stats: xr.Dataset, *names: str) -> None:
+    missing = [n for n in names if n not in stats]
+    if missing:
+        raise KeyError(
+            f"stats lacks variable(s) {missing}; it has {sorted(stats.data_vars)}. "
+            "Use the Dataset returned by ieadapt_interp.trace(...).stats."
+        )
+
+
+def _layer_frame(stats: xr.Dataset) -> pd.DataFrame:
+    cols = {c: stats[c].values for c in ("kind", "block", "index") if c in stats.coords}
+    return pd.DataFrame(cols, index=pd.Index(stats["layer"].values, name="layer"))
+
+
+def layer_means(
+    stats: xr.Dataset, var: str = "entropy_pct", kinds: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Per layer: mean and std of ``var`` over all other dims → DataFrame indexed by layer.
+
+    Columns ``kind, block, index, mean, std``; in the stats' (forward) order, filtered to ``kinds``.
+    """
+    stats = video_stats(stats)
+    _need(stats, var)
+    other = [d for d in stats[var].dims if d != "layer"]
+    table = _layer_frame(stats)
+    table["mean"] = stats[var].mean(other, skipna=True).values
+    table["std"] = stats[var].std(other, skipna=True).values
+    if kinds is not None:
+        table = table[table["kind"].isin(list(kinds))]
+    return table
+
+
+def energy_bound_violations(stats: xr.Dataset, rtol: float = 1e-5) -> pd.DataFrame:
+    """Count, per layer, entries violating ``E(UV) ≤ E(AV) ≤ E(IV)`` (paper Fig. 4 / Eq. 2).
+
+    An entry is one ``(step, head, frame)`` cell; ``below_uniform`` counts ``E(AV) < E(UV)·(1−rtol)``,
+    ``above_identity`` counts ``E(AV) > E(IV)·(1+rtol)`` (``rtol`` absorbs float rounding only).
+    Returns columns ``kind, block, index, n, below_uniform, above_identity, violations, rate``.
+    """
+    stats = video_stats(stats)
+    _need(stats, "energy", "energy_identity", "energy_uniform")
+    e, ei, eu = stats["energy"], stats["energy_identity"], stats["energy_uniform"]
+    valid = e.notnull() & ei.notnull() & eu.notnull()
+    other = [d for d in e.dims if d != "layer"]
+    below = ((e < eu * (1 - rtol)) & valid).sum(other)
+    above = ((e > ei * (1 + rtol)) & valid).sum(other)
+    table = _layer_frame(stats)
+    table["n"] = valid.sum(other).values.astype(int)
+    table["below_uniform"] = below.values.astype(int)
+    table["above_identity"] = above.values.astype(int)
+    table["violations"] = table["below_uniform"] + table["above_identity"]
+    table["rate"] = table["violations"] / table["n"].where(table["n"] > 0)
+    return table
+
+
+def violation_summary(stats: xr.Dataset, rtol: float = 1e-5) -> pd.DataFrame:
+    """:func:`energy_bound_violations` summed per kind: ``n, below_uniform, above_identity, violations, rate``."""
+    table = energy_bound_violations(stats, rtol)
+    summary = table.groupby("kind")[["n", "below_uniform", "above_identity", "violations"]].sum()
+    summary["rate"] = summary["violations"] / summary["n"].where(summary["n"] > 0)
+    return summary
+
+
+def energy_position(stats: xr.Dataset) -> xr.DataArray:
+    """Where ``E(AV)`` sits between its bounds: ``(E(AV) − E(UV)) / (E(IV) − E(UV))`` (0 = at U, 1 = at I).
+
+    Same dims as ``stats.energy``; NaN where the bounds coincide.
+    """
+    stats = video_stats(stats)
+    _need(stats, "energy", "energy_identity", "energy_uniform")
+    span = stats["energy_identity"] - stats["energy_uniform"]
+    return ((stats["energy"] - stats["energy_uniform"]) / span.where(span > 0)).rename("energy_position")
+
+
+def entropy_share(stats: xr.Dataset, kind: str = "temporal", threshold: float = 90.0) -> float:
+    """Fraction of ``kind`` maps whose entropy is ≥ ``threshold`` % of the maximum.
+
+    A map is one ``(step, layer, head)`` of a ``kind`` layer, its entropy the mean over frames
+    (``entropy_pct``). NaN when the stats hold no layer of that kind.
+    """
+    stats = video_stats(stats)
+    _need(stats, "entropy_pct")
+    if "kind" not in stats.coords:
+        raise KeyError("stats has no 'kind' coordinate on layer; use ieadapt_interp.trace(...).stats.")
+    sel = stats["entropy_pct"].isel(layer=np.asarray(stats["kind"] == kind))
+    if sel.sizes["layer"] == 0:
+        return float("nan")
+    maps = sel.mean("frame", skipna=True) if "frame" in sel.dims else sel
+    values = maps.values[np.isfinite(maps.values)]
+    return float((values >= threshold).mean()) if values.size else float("nan")
+
+
+# --------------------------------------------------------------------------- perturbation table
+
+
+def _resolve_layers(table: pd.DataFrame, layers: LayerSpec | Sequence[str]) -> list[str]:
+    if (
+        isinstance(layers, (list, tuple))
+        and layers
+        and all(isinstance(x, str) and x in KINDS for x in layers)
+    ):
+        spec: LayerSpec = Layers(kinds=tuple(layers))
+    else:
+        spec = layers
+    return as_layers(spec).resolve(table)
+
+
+def _perturbation_rows(
+    table: pd.DataFrame, names: list[str], replacements: Sequence[str], groups: Mapping[str, LayerSpec]
+) -> list[tuple[str, Perturbation | None, dict]]:
+    from .perturbation import REPLACEMENTS
+
+    bad = [r for r in replacements if r not in ("identity", "uniform")]
+    if bad:
+        raise ValueError(
+            f"replacements must be 'identity' and/or 'uniform' (got {bad}); "
+            f"for λ-interpolations ({list(REPLACEMENTS)}) use ieadapt_interp.sweep."
+        )
+    lam = {"identity": 1.0, "uniform": 0.0}
+    rows: list[tuple[str, Perturbation | None, dict]] = [
+        (
+            BASELINE,
+            None,
+            {"layer": "", "kind": "", "block": "", "index": -1, "replacement": "none", "lam": np.nan},
+        )
+    ]
+    info = table.set_index("name")
+    for name in names:
+        for rep in replacements:
+            rows.append(
+                (
+                    f"{rep}@{name}",
+                    Perturbation(Layers(names=(name,)), rep),
+                    {
+                        "layer": name,
+                        "kind": str(info.loc[name, "kind"]),
+                        "block": str(info.loc[name, "block"]),
+                        "index": int(info.loc[name, "index"]),
+                        "replacement": rep,
+                        "lam": lam[rep],
+                    },
+                )
+            )
+    for label, spec in groups.items():
+        members = _resolve_layers(table, spec)
+        kinds = sorted(set(info.loc[members, "kind"]))
+        for rep in replacements:
+            rows.append(
+                (
+                    f"{rep}@{label}",
+                    Perturbation(Layers(names=tuple(members)), rep),
+                    {
+                        "layer": label,
+                        "kind": kinds[0] if len(kinds) == 1 else "mixed",
+                        "block": "",
+                        "index": -1,
+                        "replacement": rep,
+                        "lam": lam[rep],
+                    },
+                )
+            )
+    return rows
+
+
+def perturbation_table(
+    pipe,
+    prompts: Sequence[str],
+    *,
+    layers: LayerSpec | Sequence[str] = ("spatial", "temporal"),
+    replacements: Sequence[str] = ("identity", "uniform"),
+    groups: Mapping[str, LayerSpec] | None = None,
+    seeds: Sequence[int] = (0,),
+    metrics: Sequence[str] = WEIGHT_FREE_METRICS,
+    batch: int = 8,
+    store: str | Path | None = None,
+    **generation,
+) -> xr.Dataset:
+    """Perturb each selected layer (and each group) with I and U and measure the videos.
+
+    For every ``(prompt, seed)``: one baseline plus one video per (layer or group) × replacement, ``batch``
+    variants per batched forward (shared noise), each scored with ``metrics`` against the baseline
+    (:func:`ieadapt_interp.metrics.compute_metrics`, missing weights → NaN).
+
+    Parameters
+    ----------
+    layers
+        Layer spec, or a list of kinds (``["spatial", "temporal"]``).
+    groups
+        ``{label: layer spec}`` perturbed all at once; default ``{"all temporal": "temporal"}`` when the
+        model has temporal layers.
+    store
+        A ``.zarr`` path: reused when it holds a table of the same configuration, written otherwise;
+        a store of a different configuration raises ``ValueError`` (delete it or pick another path).
+    generation
+        ``num_frames``, ``num_inference_steps``, ``guidance_scale``, ``height``, ``width`` … for
+        :func:`ieadapt_interp.generate`.
+
+    Returns ``xr.Dataset`` with ``value [prompt, seed, perturbation, metric]`` (module docstring).
+
+    >>> ds = perturbation_table(tiny_pipeline(), ["a red circle"], layers=["spatial"], num_frames=4,
+    ...                         num_inference_steps=1, height=16, width=16)   # doctest: +SKIP
+    >>> ds.value.sel(metric="ssim", perturbation="baseline").item()          # doctest: +SKIP
+    1.0
+    """
+    from .adapters import attention_layers
+    from .metrics import compute_metrics
+    from .tracing import generate
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt.")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed.")
+    if batch < 1:
+        raise ValueError(f"batch must be ≥ 1; got {batch}.")
+    table = attention_layers(pipe)
+    names = _resolve_layers(table, layers)
+    if groups is None:
+        groups = {f"{GROUP_PREFIX}temporal": "temporal"} if (table["kind"] == "temporal").any() else {}
+    rows = _perturbation_rows(table, names, list(replacements), dict(groups))
+    config = json.dumps(
+        {
+            "prompts": prompts,
+            "seeds": [int(s) for s in seeds],
+            "metrics": list(metrics),
+            "perturbations": [r[0] for r in rows],
+            "generation": generation,
+            "model": type(pipe).__name__,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    if store is not None and Path(store).exists():
+        cached = read_table(store)
+        if cached.attrs.get("config") != config:
+            raise ValueError(
+                f"The store {store} holds a table of another configuration; delete it or give another "
+                "store path."
+            )
+        return cached
+    values = np.full((len(prompts), len(seeds), len(rows), len(metrics)), np.nan)
+    for pi, prompt in enumerate(prompts):
+        for si, seed in enumerate(seeds):
+            reference = None
+            for start in range(0, len(rows), batch):
+                chunk = rows[start : start + batch]
+                out = generate(pipe, prompt, seed=int(seed), variants=[r[1] for r in chunk], **generation)
+                if reference is None:
+                    reference = out.videos[0]
+                for offset, video in enumerate(out.videos):
+                    scores = compute_metrics(
+                        list(metrics), video, reference=reference, prompt=prompt, on_missing="nan"
+                    )
+                    values[pi, si, start + offset] = [scores[m] for m in metrics]
+    coords = {
+        key: ("perturbation", [r[2][key] for r in rows])
+        for key in ("layer", "kind", "block", "index", "replacement", "lam")
+    }
+    ds = xr.Dataset(
+        {"value": (("prompt", "seed", "perturbation", "metric"), values)},
+        coords={
+            "prompt": prompts,
+            "seed": [int(s) for s in seeds],
+            "perturbation": [r[0] for r in rows],
+            "metric": list(metrics),
+            **coords,
+        },
+        attrs={"config": config, "description": "per-layer I/U perturbations; replacement 'none' = baseline"},
+    )
+    if store is not None:
+        write_table(ds, store)
+    return ds
+
+
+def write_table(ds: xr.Dataset, store: str | Path) -> Path:
+    """Write a sweep-shaped Dataset to a zarr store (strings as variable-length UTF-8)."""
+    out = ds.assign_coords(
+        {name: coord.astype(object) for name, coord in ds.coords.items() if coord.dtype.kind == "U"}
+    )
+    Path(store).parent.mkdir(parents=True, exist_ok=True)
+    out.to_zarr(store, mode="w", consolidated=False)
+    return Path(store)
+
+
+def read_table(store: str | Path) -> xr.Dataset:
+    """Read a table written by :func:`write_table` / :func:`perturbation_table` (loaded into memory)."""
+    if not Path(store).exists():
+        raise FileNotFoundError(f"No table at {store}; compute it with perturbation_table(..., store=PATH).")
+    ds = xr.open_zarr(store, consolidated=False).load()
+    return ds.assign_coords(
+        {
+            name: (
+                (coord.dims, np.array([str(x) for x in coord.values.ravel()]).reshape(coord.shape))
+                if coord.ndim
+                else str(coord.values)
+            )
+            for name, coord in ds.coords.items()
+            if coord.dtype.kind in ("T", "O")
+        }
+    )
+
+
+# --------------------------------------------------------------------------- metric changes
+
+
+def check_sweep(ds: xr.Dataset) -> None:
+    """Raise a clear error unless ``ds`` is sweep-shaped (module docstring)."""
+    if not isinstance(ds, xr.Dataset) or "value" not in ds:
+        raise TypeError(
+            "expected a sweep Dataset with a 'value' variable over (prompt, seed, perturbation, metric)."
+        )
+    missing = [c for c in ("replacement", "layer", "kind") if c not in ds.coords]
+    if missing or "perturbation" not in ds["value"].dims or "metric" not in ds["value"].dims:
+        raise ValueError(
+            f"sweep Dataset lacks {missing or 'dims perturbation/metric'}; perturbation coordinates "
+            "must carry layer, kind, index, replacement (and 'none' for the baseline)."
+        )
+
+
+def metric_change(ds: xr.Dataset, metric: str) -> xr.DataArray:
+    """``value − baseline value`` of ``metric`` per ``(prompt, seed, perturbation)``, baseline dropped.
+
+    The baseline is the perturbation whose ``replacement`` is ``"none"``; without one, the raw values
+    are returned (attr ``relative=False``).
+    """
+    check_sweep(ds)
+    if metric not in ds["metric"].values:
+        raise KeyError(f"metric {metric!r} not in the sweep; it has {list(ds['metric'].values)}.")
+    value = ds["value"].sel(metric=metric, drop=True)
+    is_base = ds["replacement"] == "none"
+    if not bool(is_base.any()):
+        out = value.copy()
+        out.attrs["relative"] = False
+        return out
+    base = value.isel(perturbation=int(np.argmax(np.asarray(is_base))), drop=True)
+    out = (value - base).isel(perturbation=~np.asarray(is_base))
+    out.attrs["relative"] = True
+    return out
+
+
+def _mean_change(ds: xr.Dataset, metric: str, layer: str, replacement: str) -> float:
+    change = metric_change(ds, metric)
+    keep = (change["layer"] == layer) & (change["replacement"] == replacement)
+    if not bool(keep.any()):
+        return float("nan")
+    return float(change.isel(perturbation=np.asarray(keep)).mean(skipna=True))
+
+
+def _per_layer(ds: xr.Dataset, metric: str, kind: str, replacement: str) -> pd.Series:
+    """Mean change per layer of ``kind`` (index → value), single-layer perturbations only."""
+    change = metric_change(ds, metric)
+    keep = (change["kind"] == kind) & (change["replacement"] == replacement) & (change["index"] >= 0)
+    sel = change.isel(perturbation=np.asarray(keep))
+    means = sel.mean([d for d in sel.dims if d != "perturbation"], skipna=True)
+    return pd.Series(
+        means.values, index=pd.Index(sel["index"].values, name="index"), name=f"{metric}:{replacement}"
+    ).sort_index()
+
+
+# --------------------------------------------------------------------------- the findings
+
+
+def _row(fid: str, finding: str, measure: str, effect: float, holds: bool | None, detail: str = "") -> dict:
+    verdict = (
+        "n/a"
+        if holds is None or (isinstance(effect, float) and np.isnan(effect))
+        else ("yes" if holds else "no")
+    )
+    return {
+        "id": fid,
+        "finding": finding,
+        "measure": measure,
+        "effect": effect,
+        "holds": verdict,
+        "detail": detail,
+    }
+
+
+def _has_metric(ds: xr.Dataset | None, metric: str) -> bool:
+    return ds is not None and metric in ds["metric"].values
+
+
+def check_findings(
+    table: xr.Dataset | None,
+    stats: xr.Dataset | None,
+    *,
+    temporal_group: str = f"{GROUP_PREFIX}temporal",
+    entropy_threshold: float = 90.0,
+    share_needed: float = 0.70,
+    near_uniform: float = 0.25,
+    rtol: float = 1e-5,
+) -> pd.DataFrame:
+    """Test DESIGN.md §2's findings on a perturbation table and a traced run's stats.
+
+    ``table``: a sweep-shaped Dataset with ``ssim``, ``temporal_ssim``, ``dynamic_degree`` (see
+    :func:`perturbation_table`); ``stats``: :func:`ieadapt_interp.trace`'s ``.stats``. Either may be
+    ``None`` (its rows become ``n/a``). Effects are means over prompts and seeds; changes are
+    ``perturbed − baseline``.
+
+    Returns a DataFrame with one row per check: ``id, finding, measure, effect, holds`` (yes / no / n/a),
+    ``detail``.
+    """
+    rows: list[dict] = []
+    has_spatial = table is not None and bool((table["kind"] == "spatial").any())
+    if has_spatial and _has_metric(table, "ssim"):
+        ssim_i, ssim_u = (
+            _per_layer(table, "ssim", "spatial", "identity"),
+            _per_layer(table, "ssim", "spatial", "uniform"),
+        )
+        first, last = int(ssim_i.index.min()), int(ssim_i.index.max())
+        spatial = table.isel(perturbation=np.asarray((table["kind"] == "spatial") & (table["index"] >= 0)))
+        mid = sorted({int(i) for i, b in zip(spatial["index"].values, spatial["block"].values) if b == "mid"})
+        mid = mid or [int(np.median(ssim_i.index))]
+        effect = float(ssim_i[last] - ssim_u[last])
+        rows.append(
+            _row(
+                "1a",
+                "Spatial I at the last spatial layer breaks structure more than U",
+                f"ΔSSIM(I) − ΔSSIM(U), spatial layer {last}",
+                effect,
+                effect < 0,
+                f"ΔSSIM I={ssim_i[last]:+.4f}, U={ssim_u[last]:+.4f}",
+            )
+        )
+        effect = float(ssim_u[mid].mean() - ssim_i[mid].mean())
+        no_effect = bool(ssim_u[mid].abs().max() == 0 and ssim_i[mid].abs().max() == 0)
+        rows.append(
+            _row(
+                "1b",
+                "Near the bottleneck U breaks structure more than I",
+                f"ΔSSIM(U) − ΔSSIM(I), spatial layer(s) {mid}",
+                effect,
+                None if no_effect else effect < 0,
+                f"ΔSSIM I={ssim_i[mid].mean():+.4f}, U={ssim_u[mid].mean():+.4f}"
+                + (" (neither changes the video: untestable)" if no_effect else ""),
+            )
+        )
+        drop = -(ssim_i + ssim_u) / 2
+        ends, middle = drop[[first, last]].mean(), drop.drop([first, last]).mean()
+        if len(drop) <= 2 or np.isnan(middle):
+            ratio = float("nan")  # needs layers besides the first and the last
+        else:
+            ratio = float(ends / middle) if middle > 0 else (float("inf") if ends > 0 else float("nan"))
+        rows.append(
+            _row(
+                "1c",
+                "First and last spatial layers matter most (SSIM drop, mean of I and U)",
+                "mean drop at first+last / mean drop elsewhere",
+                ratio,
+                ratio > 1,
+                f"ends {ends:.4f}, others {middle:.4f}",
+            )
+        )
+        rank = int((drop > drop[last]).sum()) + 1
+        rows.append(
+            _row(
+                "1d",
+                "The last spatial layer matters most of all",
+                f"rank of layer {last} by SSIM drop (1 = largest)",
+                float(rank),
+                rank == 1,
+                f"largest drop at spatial layer {int(drop.idxmax())}",
+            )
+        )
+    else:
+        rows += [
+            _row(i, t, "needs spatial layers and ssim", float("nan"), None)
+            for i, t in (
+                ("1a", "Spatial I at the last spatial layer breaks structure more than U"),
+                ("1b", "Near the bottleneck U breaks structure more than I"),
+                ("1c", "First and last spatial layers matter most"),
+                ("1d", "The last spatial layer matters most of all"),
+            )
+        ]
+    if has_spatial and _has_metric(table, "temporal_ssim"):
+        ts_i = _per_layer(table, "temporal_ssim", "spatial", "identity")
+        last = int(ts_i.index.max())
+        effect = float(ts_i[last])
+        rows.append(
+            _row(
+                "2",
+                "Spatial I in the last spatial layer lowers inter-frame consistency",
+                f"Δ temporal_ssim, I at spatial layer {last}",
+                effect,
+                bool(effect < 0 and effect <= ts_i.median()),
+                f"median over spatial I layers {ts_i.median():+.4f}",
+            )
+        )
+    else:
+        rows.append(
+            _row(
+                "2",
+                "Spatial I in the last spatial layer lowers inter-frame consistency",
+                "needs spatial layers and temporal_ssim",
+                float("nan"),
+                None,
+            )
+        )
+    has_temporal = table is not None and bool((table["kind"] == "temporal").any())
+    if has_temporal and _has_metric(table, "dynamic_degree"):
+        in_group = bool((table["layer"] == temporal_group).any())
+        where = f"'{temporal_group}' perturbed at once" if in_group else "mean over single temporal layers"
+
+        def temporal_change(metric: str, rep: str) -> float:
+            if in_group:
+                return _mean_change(table, metric, temporal_group, rep)
+            return float(_per_layer(table, metric, "temporal", rep).mean())
+
+        for fid, rep, finding, sign in (
+            ("3a", "uniform", "Temporal maps ← U give a more static video", -1),
+            ("3b", "identity", "Temporal maps ← I give more motion", 1),
+        ):
+            effect = temporal_change("dynamic_degree", rep)
+            rows.append(_row(fid, finding, f"Δ dynamic_degree ({where})", effect, bool(sign * effect > 0)))
+        if _has_metric(table, "temporal_ssim"):
+            effect = temporal_change("temporal_ssim", "identity")
+            rows.append(
+                _row(
+                    "3c",
+                    "Temporal maps ← I lower inter-frame consistency",
+                    f"Δ temporal_ssim ({where})",
+                    effect,
+                    bool(effect < 0),
+                )
+            )
+    else:
+        rows += [
+            _row(i, t, "needs temporal layers and dynamic_degree", float("nan"), None)
+            for i, t in (
+                ("3a", "Temporal maps ← U give a more static video"),
+                ("3b", "Temporal maps ← I give more motion"),
+            )
+        ]
+    if stats is not None:
+        share = entropy_share(stats, "temporal", entropy_threshold)
+        rows.append(
+            _row(
+                "4a",
+                f"Over {share_needed:.0%} of temporal maps have entropy near 100 %",
+                f"share of temporal (step, layer, head) maps with entropy ≥ {entropy_threshold:g} %",
+                share,
+                None if np.isnan(share) else share > share_needed,
+            )
+        )
+        st = video_stats(stats)
+        position = energy_position(st.isel(layer=np.asarray(st["kind"] == "spatial")))
+        median = float(position.median(skipna=True)) if position.size else float("nan")
+        rows.append(
+            _row(
+                "4b",
+                "Spatial maps' energy sits near the E(UV) bound",
+                "median (E(AV)−E(UV))/(E(IV)−E(UV)), spatial",
+                median,
+                None if np.isnan(median) else median < near_uniform,
+                f"'near' = below {near_uniform:g}",
+            )
+        )
+        viol = energy_bound_violations(stats, rtol)
+        viol = viol[viol["kind"] != "cross"]
+        rate = float(viol["violations"].sum() / max(1, viol["n"].sum()))
+        rows.append(
+            _row(
+                "4c",
+                "E(UV) ≤ E(AV) ≤ E(IV) holds (self-attention)",
+                "violation rate over (step, layer, head, frame) cells",
+                rate,
+                rate == 0,
+                f"{int(viol['below_uniform'].sum())} below E(UV), {int(viol['above_identity'].sum())} above "
+                f"E(IV) of {int(viol['n'].sum())}",
+            )
+        )
+        joint = layer_means(stats, "entropy_pct", kinds=["joint"])
+        if len(joint):
+            inside = bool(joint["mean"].between(15, 45).all())
+            rows.append(
+                _row(
+                    "5a",
+                    "Joint (CogVideoX) layers: entropy 15–45 % everywhere",
+                    "min / max layer-mean entropy %",
+                    float(joint["mean"].min()),
+                    inside,
+                    f"max {joint['mean'].max():.1f} %",
+                )
+            )
+            ends = float(joint["mean"].iloc[[0, -1]].mean())
+            rows.append(
+                _row(
+                    "5b",
+                    "Joint layers: entropy higher at the first and last layers",
+                    "mean entropy % of first+last − median",
+                    ends - float(joint["mean"].median()),
+                    ends > float(joint["mean"].median()),
+                )
+            )
+    return pd.DataFrame(rows, columns=["id", "finding", "measure", "effect", "holds", "detail"])
+
+
+def run_findings_check(
+    pipe,
+    prompts: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    layers: LayerSpec | Sequence[str] = ("spatial", "temporal"),
+    batch: int = 8,
+    store: str | Path | None = None,
+    stats: xr.Dataset | None = None,
+    **generation,
+) -> tuple[pd.DataFrame, xr.Dataset, xr.Dataset]:
+    """Generate what :func:`check_findings` needs and run it → ``(findings, table, stats)``.
+
+    ``table``: :func:`perturbation_table` over ``prompts`` × ``seeds`` (``layers`` one by one, plus all
+    temporal layers at once); ``stats``: given, or a trace of the first prompt and seed (conditional
+    branch).
+    """
+    from .tracing import trace
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    table = perturbation_table(
+        pipe,
+        prompts,
+        layers=layers,
+        seeds=seeds,
+        batch=batch,
+        store=store,
+        metrics=("ssim", "temporal_ssim", "dynamic_degree"),
+        **generation,
+    )
+    if stats is None:
+        stats = trace(pipe, prompts[0], seed=int(seeds[0]), **generation).stats
+    return check_findings(table, stats), table, stats
+
+
+def save_findings(findings: pd.DataFrame, out_dir: str | Path, name: str = "findings") -> Path:
+    """Write ``findings`` as ``out_dir/name.csv`` and ``out_dir/name.md``; returns the Markdown path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    findings.to_csv(out / f"{name}.csv", index=False)
+    path = out / f"{name}.md"
+    path.write_text(findings_markdown(findings))
+    return path
+
+
+def findings_markdown(
+    findings: pd.DataFrame, title: str | None = None, context: Mapping[str, str] | None = None
+) -> str:
+    """A Markdown table of :func:`check_findings`' output, with optional heading and context lines."""
+    lines = [f"## {title}", ""] if title else []
+    for key, value in (context or {}).items():
+        lines.append(f"- {key}: {value}")
+    if context:
+        lines.append("")
+    lines += ["| id | finding | measure | effect | holds | detail |", "|---|---|---|---|---|---|"]
+    for row in findings.itertuples():
+        effect = "n/a" if isinstance(row.effect, float) and np.isnan(row.effect) else f"{row.effect:.4g}"
+        lines.append(f"| {row.id} | {row.finding} | {row.measure} | {effect} | {row.holds} | {row.detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_context(pipe=None, **settings) -> dict[str, str]:
+    """Date, machine and versions (for benchmark tables)."""
+    from .versions import versions_string
+
+    context = {
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
+        "versions": versions_string(),
+    }
+    if pipe is not None:
+        context["model"] = type(pipe).__name__
+    context.update({k: str(v) for k, v in settings.items()})
+    return context
