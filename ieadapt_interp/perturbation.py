@@ -40,7 +40,8 @@ KINDS: tuple[str, ...] = ("spatial", "temporal", "cross", "joint")
 class Layers:
     """A selection of attention layers, resolved against :func:`attention_layers`.
 
-    Every given criterion must hold (``names`` OR-ed within, criteria AND-ed across).
+    Every given criterion must hold (``names`` OR-ed within, criteria AND-ed across). ``indices``
+    count from 1 within each kind; negative ones from the end (``-1`` = the last layer of its kind).
 
     >>> Layers(kinds=("temporal",), indices=(1, 2)).describe()
     'kinds=temporal indices=1,2'
@@ -73,10 +74,12 @@ class Layers:
         if self.names is not None:
             _check_names(self.names, list(table["name"]))
         keep = pd.Series(True, index=table.index)
-        for column, values in (("name", self.names), ("kind", self.kinds), ("block", self.blocks),
-                               ("index", self.indices)):
+        for column, values in (("name", self.names), ("kind", self.kinds), ("block", self.blocks)):
             if values is not None:
                 keep &= table[column].isin(values)
+        if self.indices is not None:  # negative indices count from the last layer of each kind
+            count = table.groupby("kind")["index"].transform("max")
+            keep &= table["index"].isin(self.indices) | (table["index"] - count - 1).isin(self.indices)
         if self.where is not None:
             keep &= table.apply(self.where, axis=1).astype(bool)
         if not keep.any():

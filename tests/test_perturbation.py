@@ -141,3 +141,11 @@ def test_cogvideox_generate_with_perturbation_changes_video(cogvideox):
     pert = ia.generate(cogvideox, "a red circle", perturb=ia.uniform("joint"), **COGVIDEOX_KW).video
     assert not np.array_equal(base, pert)
     assert has_leftovers(cogvideox) == []
+
+
+def test_negative_index_selects_the_last_layer_of_each_kind(animatediff):
+    table = ia.attention_layers(animatediff)
+    last = ia.Layers(kinds="spatial", indices=(-1,)).resolve(table)
+    assert last == ["up_blocks.3.attentions.2.transformer_blocks.0.attn1"]
+    assert ia.Layers(kinds="spatial", indices=(16,)).resolve(table) == last
+    assert len(ia.Layers(indices=(-1,)).resolve(table)) == 3  # one per kind present
