@@ -174,6 +174,7 @@ class Interception:
         self.records: list[CallRecord] = []
         self.map_records: dict[str, list[tuple[int, list[tuple[str, int]], torch.Tensor]]] = {}
         self._map_committed = 0
+        self._map_buffer = 0
         self._map_checked: set[str] = set()
         self._handles: list = []
         self.state = _RunState()
@@ -384,14 +385,18 @@ class Interception:
         mask = None if attn_mask is None else (attn_mask if attn_mask.shape[0] == 1 else attn_mask.index_select(0, idx))
         if layer.name not in self._map_checked:
             steps = len(req.steps) if req.steps is not None else int(getattr(self.pipe.scheduler, "num_inference_steps", 1) or 1)
-            need = map_bytes(q.shape[0], len(heads), q.shape[-2], k.shape[-2], req.size, steps)
-            self._map_committed += need
+            kept = len(keep) if layer.layout == "frames_in_sequence" else q.shape[0]  # temporal: mean over positions
+            result, buffer = map_bytes(q.shape[0], kept, len(heads), q.shape[-2], k.shape[-2], req.size, steps)
+            self._map_committed += result
+            self._map_buffer = max(self._map_buffer, buffer)
             self._map_checked.add(layer.name)
-            if self._map_committed > req.budget_bytes:
+            total = self._map_committed + self._map_buffer
+            if total > req.budget_bytes:
                 raise MemoryError(
-                    f"Materialising maps for the requested layers needs at least {self._map_committed / 2**20:.1f} MiB "
-                    f"(layer {layer.name}: {need / 2**20:.1f} MiB), over the budget of {req.budget_bytes / 2**20:.1f} MiB. "
-                    f"Raise MapRequest(budget=...), pool to a smaller size, or request fewer layers/steps/heads."
+                    f"Materialising maps for the requested layers needs at least {total / 2**20:.1f} MiB "
+                    f"(layer {layer.name}: {result / 2**20:.1f} MiB kept + {buffer / 2**20:.1f} MiB working), over the "
+                    f"budget of {req.budget_bytes / 2**20:.1f} MiB. Raise MapRequest(budget=...), pool to a smaller "
+                    f"size, or request fewer layers/steps/heads."
                 )
         if layer.layout == "frames_in_sequence":
             a = torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale, dim=-1)

@@ -83,8 +83,14 @@ def pooled_map(
     return pooled.transpose(1, 2).reshape(n, heads, query_bins, key_bins)
 
 
-def map_bytes(n_elements: int, heads: int, n_q: int, n_k: int, size: tuple[int, int], steps: int) -> int:
-    """Bytes a request needs for one layer: the kept result plus the streaming buffer."""
-    result = n_elements * heads * min(size[0], n_q) * min(size[1], n_k) * 4 * steps
-    buffer = n_elements * heads * n_q * min(size[1], n_k) * 4
-    return result + buffer
+def map_bytes(
+    n_elements: int, n_kept: int, heads: int, n_q: int, n_k: int, size: tuple[int, int], steps: int
+) -> tuple[int, int]:
+    """Bytes one layer's request needs: ``(kept result over all steps, transient working buffer)``.
+
+    ``n_elements`` attention elements are computed per call, ``n_kept`` pooled maps kept per step.
+    """
+    q_bins, k_bins = min(size[0], n_q), min(size[1], n_k)
+    result = n_kept * heads * q_bins * k_bins * 4 * steps
+    buffer = n_elements * heads * n_q * max(k_bins, n_k if n_q * n_k <= 4096 else k_bins) * 4
+    return result, buffer
