@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import hook_points
 from .adapters import AttentionLayer, get_adapter, layer_records
-from .entropy import row_entropy, sdpa_with_entropy, value_mean
+from .entropy import sdpa_with_entropy, value_mean
 from .maps import MapRequest, map_bytes, pooled_map
 from .perturbation import Perturbation, replace_output
 
