@@ -356,14 +356,14 @@ class Interception:
         keep = [i for i, (b, _) in enumerate(st.rows) if b in self.record_branches or b == "all"]
         idx = self._elements(keep, per, out.device)
         n_q, n_k = query.shape[-2], key.shape[-2]
-        v = value.index_select(0, idx).float()
-        mean_v = value_mean(value.index_select(0, idx), attn_mask if attn_mask is None or attn_mask.shape[0] == 1
-                            else attn_mask.index_select(0, idx))
+        v = value.index_select(0, idx).float()  # selected once; both energy bounds derive from it
+        mask = attn_mask if attn_mask is None or attn_mask.shape[0] == 1 else attn_mask.index_select(0, idx)
+        entropy = ent.index_select(0, idx).float()
         rows = {
-            "entropy": ent.index_select(0, idx).float(),
+            "entropy": entropy,
             "energy": out.index_select(0, idx).float().pow(2).sum(-1),
-            "energy_identity": v.pow(2).sum(-1) if n_q == n_k else torch.full_like(ent.index_select(0, idx), float("nan")),
-            "energy_uniform": mean_v.pow(2).sum(-1).expand(-1, -1, n_q),
+            "energy_identity": v.pow(2).sum(-1) if n_q == n_k else torch.full_like(entropy, float("nan")),
+            "energy_uniform": value_mean(v, mask).pow(2).sum(-1).expand(-1, -1, n_q),
         }
         stats = {name: _to_frames(x, len(keep), per, layer.layout, st.num_frames, st.text_len,
                                   "mean" if name == "entropy" else "sum")

@@ -150,7 +150,6 @@ def generate(
     assignments = [Assignment(p, None if variants is None else frozenset({i}))
                    for i, spec in enumerate(specs) for p in spec]
     records = layer_records(pipe)
-    table = None
     if capture is True:
         capture_names = [r.name for r in records]
     elif capture is False or capture is None:
@@ -158,8 +157,7 @@ def generate(
     else:
         from .adapters import attention_layers
 
-        table = attention_layers(pipe)
-        capture_names = as_layers(capture).resolve(table)
+        capture_names = as_layers(capture).resolve(attention_layers(pipe))
     cfg = guidance_scale > 1.0
     if branch != "cond" and not cfg:
         raise ValueError(f"branch={branch!r} needs classifier-free guidance (guidance_scale > 1).")
