@@ -88,9 +88,18 @@ def key_weights_uniform(k: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tenso
 def value_mean(v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``U·V`` row: the (allowed-)key mean of ``v`` in fp32, ``[B, head, 1 or query, dim]``."""
     if attn_mask is None:
-        return v.float().mean(-2, keepdim=True)
+        return v.mean(-2, keepdim=True, dtype=torch.float32)  # fp32 accumulation, no fp32 copy of v
     weights = key_weights_uniform(v, attn_mask)
     return torch.matmul(weights, v.float())
+
+
+def squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """``‖x_i‖²`` over the last dim, accumulated in fp32 without an fp32 copy of ``x``: ``[..., dim] → [...]``.
+
+    >>> float(squared_norm(torch.tensor([[3.0, 4.0]]))[0])
+    25.0
+    """
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square()
 
 
 def sdpa_with_entropy(

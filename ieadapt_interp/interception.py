@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import hook_points
 from .adapters import AttentionLayer, get_adapter, layer_records
-from .entropy import sdpa_with_entropy, value_mean
+from .entropy import sdpa_with_entropy, squared_norm, value_mean
 from .maps import MapRequest, map_bytes, pooled_map
 from .perturbation import Perturbation, replace_output
 
@@ -177,6 +177,7 @@ class Interception:
         self._map_buffer = 0
         self._map_checked: set[str] = set()
         self._handles: list = []
+        self._index_cache: dict[tuple, torch.Tensor] = {}
         self.state = _RunState()
 
     def table(self):
@@ -279,9 +280,20 @@ class Interception:
             mode.__exit__(None, None, None)
 
     # -- the attention call ----------------------------------------------------------------
-    def _elements(self, rows: list[int], per: int, device) -> torch.Tensor:
-        idx = torch.tensor(rows, dtype=torch.long).unsqueeze(1) * per + torch.arange(per).unsqueeze(0)
-        return idx.flatten().to(device)
+    def _elements(self, rows: list[int], per: int, device) -> slice | torch.Tensor:
+        """Batch elements of denoiser ``rows`` (each spans ``per`` consecutive elements of the attention batch).
+
+        Consecutive rows (the usual case: a CFG half, or the whole batch) give a ``slice`` — selecting is a
+        view, no copy. Other row sets give an index tensor, built once per run and device: moving a host
+        index to the GPU synchronises the stream, which would stall every attention call.
+        """
+        if rows and rows == list(range(rows[0], rows[-1] + 1)):
+            return slice(rows[0] * per, (rows[-1] + 1) * per)
+        key = (tuple(rows), per, str(device))
+        if key not in self._index_cache:
+            idx = torch.tensor(rows, dtype=torch.long).unsqueeze(1) * per + torch.arange(per).unsqueeze(0)
+            self._index_cache[key] = idx.flatten().to(device)
+        return self._index_cache[key]
 
     def _rows_where(self, branch_ok: Callable[[str], bool], samples: frozenset[int] | None) -> list[int]:
         return [i for i, (b, s) in enumerate(self.state.rows)
@@ -317,10 +329,10 @@ class Interception:
                 raise ValueError(f"{layer.name} is cross-attention ({query.shape[-2]} queries, {key.shape[-2]} "
                                  f"keys): '{p.replacement}' needs a square map; use uniform or scale.")
             mean_v = value_mean(value, attn_mask) if mean_v is None else mean_v
-            idx = self._elements(rows, per, out.device)
-            mv = mean_v.index_select(0, idx) if mean_v.shape[0] == out.shape[0] else mean_v
-            new = replace_output(out.index_select(0, idx), value.index_select(0, idx), mv, p.replacement, p.lam)
-            out = out.index_copy(0, idx, new.to(out.dtype))
+            sel = self._elements(rows, per, out.device)
+            mv = _select(mean_v, sel) if mean_v.shape[0] == out.shape[0] else mean_v
+            new = replace_output(_select(out, sel), _select(value, sel), mv, p.replacement, p.lam)
+            out = _scatter(out, sel, new.to(out.dtype))
         if self.hook_points:
             ent = layer.module.hook_entropy(ent)
             out = layer.module.hook_output(out)
@@ -354,16 +366,16 @@ class Interception:
     def _record(self, layer, query, key, value, attn_mask, out, ent, per) -> None:
         st = self.state
         keep = [i for i, (b, _) in enumerate(st.rows) if b in self.record_branches or b == "all"]
-        idx = self._elements(keep, per, out.device)
+        sel = self._elements(keep, per, out.device)
         n_q, n_k = query.shape[-2], key.shape[-2]
-        v = value.index_select(0, idx).float()  # selected once; both energy bounds derive from it
-        mask = attn_mask if attn_mask is None or attn_mask.shape[0] == 1 else attn_mask.index_select(0, idx)
-        entropy = ent.index_select(0, idx).float()
+        v = _select(value, sel)  # a view for consecutive rows; both energy bounds derive from it
+        mask = attn_mask if attn_mask is None or attn_mask.shape[0] == 1 else _select(attn_mask, sel)
+        entropy = _select(ent, sel).float()
         rows = {
             "entropy": entropy,
-            "energy": out.index_select(0, idx).float().pow(2).sum(-1),
-            "energy_identity": v.pow(2).sum(-1) if n_q == n_k else torch.full_like(entropy, float("nan")),
-            "energy_uniform": value_mean(v, mask).pow(2).sum(-1).expand(-1, -1, n_q),
+            "energy": squared_norm(_select(out, sel)),
+            "energy_identity": squared_norm(v) if n_q == n_k else torch.full_like(entropy, float("nan")),
+            "energy_uniform": squared_norm(value_mean(v, mask)).expand(-1, -1, n_q),
         }
         stats = {name: _to_frames(x, len(keep), per, layer.layout, st.num_frames, st.text_len,
                                   "mean" if name == "entropy" else "sum")
@@ -379,10 +391,10 @@ class Interception:
         st, req = self.state, self.maps
         keep = [i for i, (b, _) in enumerate(st.rows) if b in self.record_branches or b == "all"]
         heads = list(req.heads) if req.heads is not None else list(range(query.shape[1]))
-        idx = self._elements(keep, per, query.device)
-        q = query.index_select(0, idx)[:, heads]
-        k = key.index_select(0, idx)[:, heads]
-        mask = None if attn_mask is None else (attn_mask if attn_mask.shape[0] == 1 else attn_mask.index_select(0, idx))
+        sel = self._elements(keep, per, query.device)
+        q = _select(query, sel)[:, heads]
+        k = _select(key, sel)[:, heads]
+        mask = None if attn_mask is None else (attn_mask if attn_mask.shape[0] == 1 else _select(attn_mask, sel))
         if layer.name not in self._map_checked:
             steps = len(req.steps) if req.steps is not None else int(getattr(self.pipe.scheduler, "num_inference_steps", 1) or 1)
             kept = len(keep) if layer.layout == "frames_in_sequence" else q.shape[0]  # temporal: mean over positions
@@ -408,6 +420,18 @@ class Interception:
         if self.hook_points:
             pooled = layer.module.hook_map(pooled)
         self.map_records.setdefault(layer.name, []).append((st.step, [st.rows[i] for i in keep], pooled.cpu()))
+
+
+def _select(x: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
+    """``x`` restricted to the batch elements ``sel`` (:meth:`Interception._elements`): a view for a slice."""
+    return x[sel] if isinstance(sel, slice) else x.index_select(0, sel)
+
+
+def _scatter(x: torch.Tensor, sel: slice | torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` whose batch elements ``sel`` are ``new`` (``x`` itself is not modified)."""
+    if isinstance(sel, slice):
+        return x.slice_scatter(new, 0, sel.start, sel.stop)
+    return x.index_copy(0, sel, new)
 
 
 def _to_frames(x: torch.Tensor, n_rows: int, per: int, layout: str, num_frames: int, text_len: int, how: str):
