@@ -135,3 +135,21 @@ def test_entropy_is_computed_online_in_chunks(arch, request, monkeypatch):
     monkeypatch.setattr(entropy.row_entropy, "__defaults__", (None, None, 256))
     chunked = ia.trace(pipe, "a red circle", layers=layers, **kw).stats
     xr.testing.assert_allclose(full.entropy, chunked.entropy, rtol=1e-5)
+
+
+def test_row_selection_is_a_view_or_a_cached_index(animatediff):
+    """Consecutive denoiser rows select a slice (a view, no host→device copy); others one cached index."""
+    from ieadapt_interp.interception import Interception, _scatter, _select
+
+    ic = Interception(animatediff)
+    assert ic._elements([2, 3], 4, "cpu") == slice(8, 16)
+    index = ic._elements([0, 2], 4, "cpu")
+    assert index.tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert ic._elements([0, 2], 4, "cpu") is index  # built once per run
+    x = torch.arange(16.0).view(16, 1)
+    view = _select(x, slice(8, 16))
+    assert view.data_ptr() == x[8].data_ptr()  # no copy
+    assert torch.equal(_select(x, index), x[index])
+    for sel in (slice(8, 16), index):
+        out = _scatter(x, sel, -_select(x, sel))
+        assert torch.equal(out[sel], -x[sel]) and torch.equal(x, torch.arange(16.0).view(16, 1))
