@@ -48,12 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=None, help="height = width in pixels")
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument(
-        "--layers",
+        "--kinds",
         nargs="+",
         default=["spatial"],
-        help="kinds or layer names perturbed one by one (all temporal layers are also perturbed at once)",
+        help="layer kinds perturbed one layer at a time (all temporal layers are also perturbed at once)",
     )
+    parser.add_argument("--layers", nargs="+", default=None, help="restrict to these layer names")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    parser.add_argument(
+        "--store", default=None, help="the sweep's store (default: runs/findings/<model>-<settings>.zarr); resumed"
+    )
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     return parser.parse_args(argv)
 
@@ -61,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
     from ieadapt_interp import findings
     from ieadapt_interp.models import resolve_model
 
@@ -93,9 +100,20 @@ def main(argv=None) -> int:
     }
     sampling.update({k: v for k, v in overrides.items() if v is not None})
     pipe = resolve_model(args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(device)
+    tag = "-".join(f"{v}" for v in sampling.values())
+    store = args.store or f"runs/findings/{Path(args.model).name}-{len(prompts)}p-{tag}.zarr"
     start = time.perf_counter()
     checks, table, _ = findings.run_findings_check(
-        pipe, prompts, seeds=args.seeds, layers=args.layers, batch=args.batch, **sampling
+        pipe,
+        prompts,
+        store=store,
+        seeds=args.seeds,
+        kinds=args.kinds,
+        layers=args.layers,
+        batch_size=args.batch,
+        **sampling,
     )
     seconds = time.perf_counter() - start
     context = findings.run_context(
@@ -103,7 +121,9 @@ def main(argv=None) -> int:
         model_name=args.model,
         prompts=len(prompts),
         seeds=args.seeds,
-        layers=" ".join(args.layers),
+        kinds=" ".join(args.kinds),
+        layers=" ".join(args.layers) if args.layers else "all of those kinds",
+        device=device,
         sampling=sampling,
         videos=int(table.sizes["perturbation"] * len(prompts) * len(args.seeds)),
         wall_clock=f"{seconds:.0f} s",

@@ -276,27 +276,23 @@ def effect_table(ds):
     return frame
 
 
-def _own_figure(effect, metric: str):
-    import matplotlib.pyplot as plt
+def _figures(ds, metric: str) -> dict:
+    """The figures a sweep supports: every perturbation; per layer (single-layer I / U); along λ (mixes)."""
+    import numpy as np
 
-    rows = effect[(effect["metric"] == metric) & (effect["perturbation"] != "baseline")]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(rows) + 2), 4))
-    colours = {"identity": "tab:red", "uniform": "tab:blue", "mix": "tab:purple", "scale": "tab:green"}
-    ax.bar(range(len(rows)), rows["change"], color=[colours.get(r, "gray") for r in rows["replacement"]])
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(rows)), rows["perturbation"], rotation=90, fontsize=6)
-    ax.set_ylabel(f"Δ {metric} vs. baseline")
-    ax.set_title(f"{metric}: change per perturbation (red I, blue U, purple λ-mix)")
-    fig.tight_layout()
-    return fig
+    from . import figures
+
+    made = {"perturbation_effect": figures.perturbation_effect(ds, metric)}
+    single = (ds["index"] >= 0) & ds["replacement"].isin(["identity", "uniform"])
+    if bool(single.any()):
+        made["layer_effect"] = figures.layer_effect(ds, metric, kinds=None)
+    if bool((ds["replacement"].isin(["mix", "scale"]) & np.isfinite(ds["lam"])).any()):
+        made["lambda_effect"] = figures.lambda_effect(ds, metric)
+    return made
 
 
 def report(store: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
     """Write CSV tables and figures of a sweep store to ``out``; returns the written paths."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import numpy as np
 
     from .sweeps import open_sweep
@@ -309,28 +305,12 @@ def report(store: str | os.PathLike, out: str | os.PathLike | None = None) -> li
     for name, table in (("summary.csv", summary), ("effect.csv", effect)):
         table.to_csv(out / name, index=False)
         written.append(out / name)
-    try:
-        from . import figures  # written alongside; optional here
-    except ImportError:
-        figures = None
     for metric in [str(m) for m in ds.metric.values]:
         if not np.isfinite(ds["value"].sel(metric=metric).where(ds["done"]).values).any():
             continue  # missing everywhere (no weights): nothing to draw
-        made = {}
-        if figures is not None and hasattr(figures, "layer_effect"):
-            try:
-                made["layer_effect"] = figures.layer_effect(ds, metric)
-            except Exception as error:  # noqa: BLE001 - a failing figure must not lose the report
-                print(
-                    f"figures.layer_effect({metric!r}) failed: {error}; using the built-in bar chart.",
-                    file=sys.stderr,
-                )
-        if not made:
-            made["change"] = _own_figure(effect, metric)
-        for kind, fig in made.items():
-            path = out / f"{kind}_{metric}.png"
+        for name, fig in _figures(ds, metric).items():
+            path = out / f"{name}_{metric}.png"
             fig.savefig(path, dpi=120)
-            plt.close(fig)
             written.append(path)
     missing = summary.loc[summary["missing_reason"] != "", ["metric", "missing_reason"]].drop_duplicates(
         "metric"

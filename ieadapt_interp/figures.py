@@ -5,6 +5,8 @@ function              shows                                                   pa
 ====================  ======================================================  ======================
 :func:`layer_effect`  mean metric change per layer for A ← I and A ← U        Fig. 2
 :func:`layer_boxplots`  per-layer distribution over prompts × seeds           Figs. 18–19
+:func:`perturbation_effect`  mean change per perturbation (any, incl. groups)   Supp. 7.2
+:func:`lambda_effect`  metric change along λ for mix / scale interpolations   Supp. 7.2
 :func:`entropy_by_layer`  entropy % per layer, coloured by kind; per kind     Fig. 6
 :func:`energy_bounds`  E(AV) with its E(UV) / E(IV) bounds + violation counts  Fig. 4
 :func:`video_strip`   frames of original vs perturbed videos                  Fig. 1
@@ -177,6 +179,93 @@ def layer_boxplots(
         ax.set_ylabel(f"Δ {metric}" if relative else metric)
         ax.set_title(f"{REPLACEMENT_LABELS.get(rep, rep)} — {kind} layers, over prompts × seeds", fontsize=10)
     fig.data = df
+    return fig
+
+
+def _effect_summary(ds: xr.Dataset, metric: str) -> tuple[pd.DataFrame, bool]:
+    """Per perturbation (baseline dropped): name, coordinates, mean and std of the change over prompts × seeds."""
+    change = metric_change(ds, metric)
+    relative = bool(change.attrs.get("relative", False))
+    other = [d for d in change.dims if d != "perturbation"]
+    summary = pd.DataFrame(
+        {
+            "perturbation": [str(p) for p in change["perturbation"].values],
+            "replacement": [str(r) for r in change["replacement"].values],
+            "lam": change["lam"].values.astype(float) if "lam" in change.coords else np.nan,
+            "mean": change.mean(other, skipna=True).values,
+            "std": change.std(other, skipna=True).values,
+        }
+    )
+    return summary, relative
+
+
+def perturbation_effect(ds: xr.Dataset, metric: str, *, figsize: tuple[float, float] | None = None) -> Figure:
+    """One bar per perturbation of a sweep (single layers, groups, λ mixes): mean change of ``metric``.
+
+    Bars coloured by replacement, whiskers ±1 std over prompts × seeds. ``fig.data``: DataFrame
+    ``perturbation, replacement, lam, mean, std``.
+    """
+    check_sweep(ds)
+    summary, relative = _effect_summary(ds, metric)
+    fig = Figure(figsize=figsize or (max(6.0, 0.2 * len(summary) + 2), 4.0), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(summary))
+    ax.bar(
+        x,
+        summary["mean"],
+        yerr=summary["std"].fillna(0),
+        color=[REPLACEMENT_COLORS.get(r, "#7f7f7f") for r in summary["replacement"]],
+        capsize=2,
+    )
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xticks(x, summary["perturbation"], rotation=90, fontsize=6)
+    ax.set_ylabel(f"Δ {metric}" if relative else metric)
+    present = [r for r in REPLACEMENT_COLORS if r in set(summary["replacement"])]
+    ax.legend(
+        handles=[Patch(color=REPLACEMENT_COLORS[r], label=REPLACEMENT_LABELS.get(r, r)) for r in present],
+        fontsize=8,
+    )
+    ax.set_title(f"{metric}: change per perturbation" if relative else metric, fontsize=10)
+    fig.data = summary
+    return fig
+
+
+def lambda_effect(
+    ds: xr.Dataset,
+    metric: str,
+    *,
+    replacements: Sequence[str] = ("mix", "scale"),
+    figsize: tuple[float, float] = (6.0, 3.6),
+) -> Figure:
+    """Metric change against λ for the sweep's interpolations (Supp. 7.2): one line per layer set.
+
+    ``mix(λ)`` puts ``λI + (1−λ)U`` in the map (λ = 0 is U, 1 is I); ``scale(λ)`` puts ``λA + (1−λ)U``. A line
+    joins the perturbations of one replacement on one set of layers (the perturbation name before its last
+    ``:``, as :func:`ieadapt_interp.presets.lambda_sweep` names them); markers are means over prompts × seeds,
+    bands ±1 std. ``fig.data``: DataFrame ``group, replacement, lam, mean, std``.
+    """
+    check_sweep(ds)
+    summary, relative = _effect_summary(ds, metric)
+    summary = summary[summary["replacement"].isin(list(replacements)) & np.isfinite(summary["lam"])]
+    if summary.empty:
+        raise ValueError(
+            f"the sweep has no {list(replacements)} perturbations with a λ; add e.g. "
+            "ieadapt_interp.presets.lambda_sweep('temporal') to its perturbations."
+        )
+    summary = summary.assign(group=[p.rsplit(":", 1)[0] for p in summary["perturbation"]])
+    summary = summary.sort_values(["group", "replacement", "lam"])[["group", "replacement", "lam", "mean", "std"]]
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    for (group, rep), line in summary.groupby(["group", "replacement"], sort=False):
+        ax.plot(line["lam"], line["mean"], marker="o", label=f"{group} ({rep})")
+        std = line["std"].fillna(0)
+        ax.fill_between(line["lam"], line["mean"] - std, line["mean"] + std, alpha=0.15)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("λ   (mix: 0 = U, 1 = I;  scale: 0 = U, 1 = A)")
+    ax.set_ylabel(f"Δ {metric}" if relative else metric)
+    ax.set_title(f"{metric} along the interpolation", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.data = summary.reset_index(drop=True)
     return fig
 
 

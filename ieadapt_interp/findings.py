@@ -5,14 +5,14 @@ Three layers of functions:
 * summaries of one traced run's ``stats`` (``(step, layer, head, frame)`` Dataset from
   :func:`ieadapt_interp.trace`): :func:`layer_means`, :func:`energy_bound_violations`,
   :func:`entropy_share`, :func:`energy_position`;
-* :func:`perturbation_table` — per-layer I / U perturbations of a pipeline measured with the weight-free
-  metrics, as a sweep-shaped ``xr.Dataset`` ``value[prompt, seed, perturbation, metric]``;
+* :func:`findings_perturbations` — the per-layer and all-temporal I / U perturbations the checks read, run by
+  :func:`ieadapt_interp.sweep` into a sweep Dataset ``value[prompt, seed, perturbation, metric]``;
 * :func:`check_findings` (pure, on those two) and :func:`run_findings_check` (generates them) →
   a DataFrame ``(id, finding, measure, effect, holds, detail)``; :func:`findings_markdown` renders it.
 
 Sweep-shaped Dataset (also what :mod:`ieadapt_interp.figures` reads): dims ``(prompt, seed,
-perturbation, metric)``, variable ``value``; coordinates along ``perturbation``: ``layer`` (module path,
-or a group label), ``kind``, ``block``, ``index`` (−1 for the baseline and groups), ``replacement``
+perturbation, metric)``, variable ``value``; coordinates along ``perturbation``: ``layer`` (module path;
+for a group its members' paths joined by ``;``), ``kind``, ``block``, ``index`` (−1 for the baseline and groups), ``replacement``
 (``"none"`` marks the unperturbed baseline), ``lam``.
 
 >>> import numpy as np, xarray as xr
@@ -27,7 +27,6 @@ or a group label), ``kind``, ``block``, ``index`` (−1 for the baseline and gro
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,13 +35,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .perturbation import KINDS, Layers, LayerSpec, Perturbation, as_layers
+from .perturbation import Perturbation
 
-#: Metrics that need no weights (all the findings check uses).
-WEIGHT_FREE_METRICS: tuple[str, ...] = ("ssim", "temporal_ssim", "dynamic_degree", "motion_smoothness_flow")
-BASELINE = "baseline"
-#: Group label under which :func:`perturbation_table` perturbs every layer of a kind at once.
-GROUP_PREFIX = "all "
+#: Metrics the findings check reads (all weight-free).
+FINDINGS_METRICS: tuple[str, ...] = ("ssim", "temporal_ssim", "dynamic_degree")
+#: Name of the "all temporal layers at once" perturbations (``temporal.all:identity`` …).
+TEMPORAL_GROUP = "temporal.all"
 
 
 # --------------------------------------------------------------------------- summaries of stats
@@ -156,216 +154,6 @@ def entropy_share(stats: xr.Dataset, kind: str = "temporal", threshold: float = 
     return float((values >= threshold).mean()) if values.size else float("nan")
 
 
-# --------------------------------------------------------------------------- perturbation table
-
-
-def _resolve_layers(table: pd.DataFrame, layers: LayerSpec | Sequence[str]) -> list[str]:
-    if (
-        isinstance(layers, (list, tuple))
-        and layers
-        and all(isinstance(x, str) and x in KINDS for x in layers)
-    ):
-        spec: LayerSpec = Layers(kinds=tuple(layers))
-    else:
-        spec = layers
-    return as_layers(spec).resolve(table)
-
-
-def _perturbation_rows(
-    table: pd.DataFrame, names: list[str], replacements: Sequence[str], groups: Mapping[str, LayerSpec]
-) -> list[tuple[str, Perturbation | None, dict]]:
-    from .perturbation import REPLACEMENTS
-
-    bad = [r for r in replacements if r not in ("identity", "uniform")]
-    if bad:
-        raise ValueError(
-            f"replacements must be 'identity' and/or 'uniform' (got {bad}); "
-            f"for λ-interpolations ({list(REPLACEMENTS)}) use ieadapt_interp.sweep."
-        )
-    lam = {"identity": 1.0, "uniform": 0.0}
-    rows: list[tuple[str, Perturbation | None, dict]] = [
-        (
-            BASELINE,
-            None,
-            {"layer": "", "kind": "", "block": "", "index": -1, "replacement": "none", "lam": np.nan},
-        )
-    ]
-    info = table.set_index("name")
-    for name in names:
-        for rep in replacements:
-            rows.append(
-                (
-                    f"{rep}@{name}",
-                    Perturbation(Layers(names=(name,)), rep),
-                    {
-                        "layer": name,
-                        "kind": str(info.loc[name, "kind"]),
-                        "block": str(info.loc[name, "block"]),
-                        "index": int(info.loc[name, "index"]),
-                        "replacement": rep,
-                        "lam": lam[rep],
-                    },
-                )
-            )
-    for label, spec in groups.items():
-        members = _resolve_layers(table, spec)
-        kinds = sorted(set(info.loc[members, "kind"]))
-        for rep in replacements:
-            rows.append(
-                (
-                    f"{rep}@{label}",
-                    Perturbation(Layers(names=tuple(members)), rep),
-                    {
-                        "layer": label,
-                        "kind": kinds[0] if len(kinds) == 1 else "mixed",
-                        "block": "",
-                        "index": -1,
-                        "replacement": rep,
-                        "lam": lam[rep],
-                    },
-                )
-            )
-    return rows
-
-
-def perturbation_table(
-    pipe,
-    prompts: Sequence[str],
-    *,
-    layers: LayerSpec | Sequence[str] = ("spatial", "temporal"),
-    replacements: Sequence[str] = ("identity", "uniform"),
-    groups: Mapping[str, LayerSpec] | None = None,
-    seeds: Sequence[int] = (0,),
-    metrics: Sequence[str] = WEIGHT_FREE_METRICS,
-    batch: int = 8,
-    store: str | Path | None = None,
-    **generation,
-) -> xr.Dataset:
-    """Perturb each selected layer (and each group) with I and U and measure the videos.
-
-    For every ``(prompt, seed)``: one baseline plus one video per (layer or group) × replacement, ``batch``
-    variants per batched forward (shared noise), each scored with ``metrics`` against the baseline
-    (:func:`ieadapt_interp.metrics.compute_metrics`, missing weights → NaN).
-
-    Parameters
-    ----------
-    layers
-        Layer spec, or a list of kinds (``["spatial", "temporal"]``).
-    groups
-        ``{label: layer spec}`` perturbed all at once; default ``{"all temporal": "temporal"}`` when the
-        model has temporal layers.
-    store
-        A ``.zarr`` path: reused when it holds a table of the same configuration, written otherwise;
-        a store of a different configuration raises ``ValueError`` (delete it or pick another path).
-    generation
-        ``num_frames``, ``num_inference_steps``, ``guidance_scale``, ``height``, ``width`` … for
-        :func:`ieadapt_interp.generate`.
-
-    Returns ``xr.Dataset`` with ``value [prompt, seed, perturbation, metric]`` (module docstring).
-
-    >>> ds = perturbation_table(tiny_pipeline(), ["a red circle"], layers=["spatial"], num_frames=4,
-    ...                         num_inference_steps=1, height=16, width=16)   # doctest: +SKIP
-    >>> ds.value.sel(metric="ssim", perturbation="baseline").item()          # doctest: +SKIP
-    1.0
-    """
-    from .adapters import attention_layers
-    from .metrics import compute_metrics
-    from .tracing import generate
-
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts:
-        raise ValueError("prompts is empty: give at least one prompt.")
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed.")
-    if batch < 1:
-        raise ValueError(f"batch must be ≥ 1; got {batch}.")
-    table = attention_layers(pipe)
-    names = _resolve_layers(table, layers)
-    if groups is None:
-        groups = {f"{GROUP_PREFIX}temporal": "temporal"} if (table["kind"] == "temporal").any() else {}
-    rows = _perturbation_rows(table, names, list(replacements), dict(groups))
-    config = json.dumps(
-        {
-            "prompts": prompts,
-            "seeds": [int(s) for s in seeds],
-            "metrics": list(metrics),
-            "perturbations": [r[0] for r in rows],
-            "generation": generation,
-            "model": type(pipe).__name__,
-        },
-        sort_keys=True,
-        default=str,
-    )
-    if store is not None and Path(store).exists():
-        cached = read_table(store)
-        if cached.attrs.get("config") != config:
-            raise ValueError(
-                f"The store {store} holds a table of another configuration; delete it or give another "
-                "store path."
-            )
-        return cached
-    values = np.full((len(prompts), len(seeds), len(rows), len(metrics)), np.nan)
-    for pi, prompt in enumerate(prompts):
-        for si, seed in enumerate(seeds):
-            reference = None
-            for start in range(0, len(rows), batch):
-                chunk = rows[start : start + batch]
-                out = generate(pipe, prompt, seed=int(seed), variants=[r[1] for r in chunk], **generation)
-                if reference is None:
-                    reference = out.videos[0]
-                for offset, video in enumerate(out.videos):
-                    scores = compute_metrics(
-                        list(metrics), video, reference=reference, prompt=prompt, on_missing="nan"
-                    )
-                    values[pi, si, start + offset] = [scores[m] for m in metrics]
-    coords = {
-        key: ("perturbation", [r[2][key] for r in rows])
-        for key in ("layer", "kind", "block", "index", "replacement", "lam")
-    }
-    ds = xr.Dataset(
-        {"value": (("prompt", "seed", "perturbation", "metric"), values)},
-        coords={
-            "prompt": prompts,
-            "seed": [int(s) for s in seeds],
-            "perturbation": [r[0] for r in rows],
-            "metric": list(metrics),
-            **coords,
-        },
-        attrs={"config": config, "description": "per-layer I/U perturbations; replacement 'none' = baseline"},
-    )
-    if store is not None:
-        write_table(ds, store)
-    return ds
-
-
-def write_table(ds: xr.Dataset, store: str | Path) -> Path:
-    """Write a sweep-shaped Dataset to a zarr store (strings as variable-length UTF-8)."""
-    out = ds.assign_coords(
-        {name: coord.astype(object) for name, coord in ds.coords.items() if coord.dtype.kind == "U"}
-    )
-    Path(store).parent.mkdir(parents=True, exist_ok=True)
-    out.to_zarr(store, mode="w", consolidated=False)
-    return Path(store)
-
-
-def read_table(store: str | Path) -> xr.Dataset:
-    """Read a table written by :func:`write_table` / :func:`perturbation_table` (loaded into memory)."""
-    if not Path(store).exists():
-        raise FileNotFoundError(f"No table at {store}; compute it with perturbation_table(..., store=PATH).")
-    ds = xr.open_zarr(store, consolidated=False).load()
-    return ds.assign_coords(
-        {
-            name: (
-                (coord.dims, np.array([str(x) for x in coord.values.ravel()]).reshape(coord.shape))
-                if coord.ndim
-                else str(coord.values)
-            )
-            for name, coord in ds.coords.items()
-            if coord.dtype.kind in ("T", "O")
-        }
-    )
-
-
 # --------------------------------------------------------------------------- metric changes
 
 
@@ -404,12 +192,12 @@ def metric_change(ds: xr.Dataset, metric: str) -> xr.DataArray:
     return out
 
 
-def _mean_change(ds: xr.Dataset, metric: str, layer: str, replacement: str) -> float:
+def _mean_change(ds: xr.Dataset, metric: str, perturbation: str) -> float:
+    """Mean change of ``metric`` under the perturbation named ``perturbation`` (NaN if the sweep lacks it)."""
     change = metric_change(ds, metric)
-    keep = (change["layer"] == layer) & (change["replacement"] == replacement)
-    if not bool(keep.any()):
+    if perturbation not in change["perturbation"].values:
         return float("nan")
-    return float(change.isel(perturbation=np.asarray(keep)).mean(skipna=True))
+    return float(change.sel(perturbation=perturbation).mean(skipna=True))
 
 
 def _per_layer(ds: xr.Dataset, metric: str, kind: str, replacement: str) -> pd.Series:
@@ -450,7 +238,7 @@ def check_findings(
     table: xr.Dataset | None,
     stats: xr.Dataset | None,
     *,
-    temporal_group: str = f"{GROUP_PREFIX}temporal",
+    temporal_group: str = TEMPORAL_GROUP,
     entropy_threshold: float = 90.0,
     share_needed: float = 0.70,
     near_uniform: float = 0.25,
@@ -459,7 +247,7 @@ def check_findings(
     """Test DESIGN.md §2's findings on a perturbation table and a traced run's stats.
 
     ``table``: a sweep-shaped Dataset with ``ssim``, ``temporal_ssim``, ``dynamic_degree`` (see
-    :func:`perturbation_table`); ``stats``: :func:`ieadapt_interp.trace`'s ``.stats``. Either may be
+    :func:`run_findings_check`); ``stats``: :func:`ieadapt_interp.trace`'s ``.stats``. Either may be
     ``None`` (its rows become ``n/a``). Effects are means over prompts and seeds; changes are
     ``perturbed − baseline``.
 
@@ -564,12 +352,12 @@ def check_findings(
         )
     has_temporal = table is not None and bool((table["kind"] == "temporal").any())
     if has_temporal and _has_metric(table, "dynamic_degree"):
-        in_group = bool((table["layer"] == temporal_group).any())
+        in_group = any(str(p).startswith(f"{temporal_group}:") for p in table["perturbation"].values)
         where = f"'{temporal_group}' perturbed at once" if in_group else "mean over single temporal layers"
 
         def temporal_change(metric: str, rep: str) -> float:
             if in_group:
-                return _mean_change(table, metric, temporal_group, rep)
+                return _mean_change(table, metric, f"{temporal_group}:{rep}")
             return float(_per_layer(table, metric, "temporal", rep).mean())
 
         for fid, rep, finding, sign in (
@@ -661,38 +449,69 @@ def check_findings(
     return pd.DataFrame(rows, columns=["id", "finding", "measure", "effect", "holds", "detail"])
 
 
+def findings_perturbations(
+    pipe,
+    kinds: Sequence[str] = ("spatial",),
+    replacements: Sequence[str] = ("identity", "uniform"),
+    layers: Sequence[str] | None = None,
+) -> dict[str, Perturbation]:
+    """What :func:`check_findings` needs: every layer of ``kinds`` alone and all temporal layers at once, × I, U.
+
+    :func:`ieadapt_interp.presets.single_layer` (restricted to the module paths ``layers`` when given) plus
+    :func:`ieadapt_interp.presets.all_layers` for the temporal kind (when the model has one); names
+    ``spatial.16:identity``, ``temporal.all:uniform``, …
+    """
+    from .presets import all_layers, single_layer
+
+    from .adapters import attention_layers
+
+    table = pipe if isinstance(pipe, pd.DataFrame) else attention_layers(pipe)
+    perturbations = single_layer(table, kinds, replacements, names=layers)
+    if (table["kind"] == "temporal").any():
+        perturbations.update(all_layers(table, ("temporal",), replacements))
+    return perturbations
+
+
 def run_findings_check(
     pipe,
     prompts: Sequence[str],
     *,
+    store: str | Path,
     seeds: Sequence[int] = (0,),
-    layers: LayerSpec | Sequence[str] = ("spatial", "temporal"),
-    batch: int = 8,
-    store: str | Path | None = None,
-    stats: xr.Dataset | None = None,
+    kinds: Sequence[str] = ("spatial",),
+    layers: Sequence[str] | None = None,
+    batch_size: int = 8,
+    engine: str = "local",
+    progress: bool = True,
     **generation,
 ) -> tuple[pd.DataFrame, xr.Dataset, xr.Dataset]:
-    """Generate what :func:`check_findings` needs and run it → ``(findings, table, stats)``.
+    """Run the findings sweep and check it → ``(findings, table, stats)``.
 
-    ``table``: :func:`perturbation_table` over ``prompts`` × ``seeds`` (``layers`` one by one, plus all
-    temporal layers at once); ``stats``: given, or a trace of the first prompt and seed (conditional
-    branch).
+    ``table``: :func:`ieadapt_interp.sweep` of :func:`findings_perturbations` (``kinds``, ``layers``) over
+    ``prompts`` × ``seeds`` with
+    :data:`FINDINGS_METRICS`, written to (and resumed from) ``store``; ``stats``: the attention statistics of
+    the first prompt and seed's baseline, which the sweep stores beside the metrics. ``generation``:
+    ``num_frames``, ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``scheduler`` …
+
+    >>> checks, table, stats = run_findings_check(pipe, ["a red circle moving left"],
+    ...                                           store="runs/findings.zarr", num_inference_steps=10)  # doctest: +SKIP
     """
-    from .tracing import trace
+    from .sweeps import sweep
+    from .sweeps.store import SweepStore
 
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    table = perturbation_table(
+    table = sweep(
         pipe,
         prompts,
-        layers=layers,
+        findings_perturbations(pipe, kinds, layers=layers),
         seeds=seeds,
-        batch=batch,
+        metrics=FINDINGS_METRICS,
         store=store,
-        metrics=("ssim", "temporal_ssim", "dynamic_degree"),
-        **generation,
+        engine=engine,
+        batch_size=batch_size,
+        generation=generation,
+        progress=progress,
     )
-    if stats is None:
-        stats = trace(pipe, prompts[0], seed=int(seeds[0]), **generation).stats
+    stats = SweepStore(store).baseline_stats(0, 0)
     return check_findings(table, stats), table, stats
 
 

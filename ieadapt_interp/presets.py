@@ -4,6 +4,7 @@ Perturbation presets return ``{name: Perturbation}`` dicts (names become the swe
 labels). ``pipe`` may be a pipeline or its :func:`ieadapt_interp.attention_layers` table.
 
 * :func:`single_layer` — every spatial and temporal layer × {I, U} (paper Sec. 3, Figs. 2, 18–19);
+* :func:`all_layers` — every layer of a kind at once (e.g. all temporal maps ← U);
 * :func:`entropy_split`, :func:`up_down`, :func:`per_block` — the multi-layer combinations of
   Supplementary 7.2 (all three: :func:`multi_layer`);
 * :func:`lambda_sweep` — ``mix(λ) = λI + (1-λ)U`` over a λ grid (Supp. 7.2 interpolation);
@@ -117,18 +118,43 @@ def single_layer(
     pipe,
     kinds: Sequence[str] = ("spatial", "temporal"),
     replacements: Sequence[str] = ("identity", "uniform"),
+    names: Sequence[str] | None = None,
 ) -> dict[str, Perturbation]:
     """Every layer of ``kinds`` alone × each replacement: ``{"spatial.16:identity": ..., ...}``.
 
     Names are ``<kind>.<index>:<replacement>`` (``index`` counts from 1 in forward order within a kind,
     so ``spatial.16`` is AnimateDiff's last spatial layer). Ordered by replacement, then layer.
+    ``names`` (module paths) restricts the layers further; an unknown name raises ``KeyError``.
     """
     table = _table(pipe)
+    if names is not None:
+        table = table[table["name"].isin(Layers(names=tuple(names)).resolve(table))]
+        kinds = [k for k in ([kinds] if isinstance(kinds, str) else kinds) if k in set(table["kind"])]
+        if not kinds:
+            raise ValueError(f"none of the named layers is of the kinds asked for; their kinds: {sorted(set(table['kind']))}.")
     out: dict[str, Perturbation] = {}
     for r in replacements:
         for kind in _kinds(table, kinds):
             for row in table[table["kind"] == kind].itertuples():
                 out[f"{kind}.{row.index}:{_label(r)}"] = _replacer(r)(Layers(names=(row.name,)))
+    return out
+
+
+def all_layers(
+    pipe,
+    kinds: Sequence[str] = ("temporal",),
+    replacements: Sequence[str] = ("identity", "uniform"),
+) -> dict[str, Perturbation]:
+    """Every layer of a kind at once × each replacement: ``{"temporal.all:identity": ..., ...}``.
+
+    >>> import ieadapt_interp as ia
+    >>> sorted(all_layers(ia.tiny_pipeline("animatediff")))
+    ['temporal.all:identity', 'temporal.all:uniform']
+    """
+    table = _table(pipe)
+    out: dict[str, Perturbation] = {}
+    for kind in _kinds(table, kinds):
+        out.update(_group(f"{kind}.all", list(table.loc[table["kind"] == kind, "name"]), replacements))
     return out
 
 
@@ -269,6 +295,7 @@ def lambda_sweep(
 
 PRESETS = {
     "single_layer": single_layer,
+    "all_layers": all_layers,
     "entropy_split": entropy_split,
     "up_down": up_down,
     "per_block": per_block,

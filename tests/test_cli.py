@@ -52,7 +52,8 @@ def test_sweep_then_report(tmp_path, capsys):
     out = tmp_path / "report"
     assert cli.main(["report", str(tmp_path / "cli.zarr"), "--out", str(out)]) == 0
     assert (out / "summary.csv").exists() and (out / "effect.csv").exists()
-    assert len(list(out.glob("*.png"))) == 2  # one figure per metric
+    kinds = ("perturbation_effect", "layer_effect", "lambda_effect")  # all perturbations, single layers, λ mixes
+    assert {p.name for p in out.glob("*.png")} == {f"{k}_{m}.png" for k in kinds for m in ("ssim", "temporal_ssim")}
     import pandas as pd
 
     effect = pd.read_csv(out / "effect.csv")

@@ -126,6 +126,46 @@ def test_layer_effect_without_baseline_and_kind_filter():
         figures.layer_effect(sweep(), "lpips")
 
 
+def test_perturbation_effect_one_bar_per_perturbation():
+    fig = figures.perturbation_effect(sweep(n_spatial=2, n_temporal=1), "ssim")
+    (bars,) = _bars(fig.axes[0])
+    assert len(bars) == 6  # 3 layers × {I, U}; the baseline is not a bar
+    # spatial1 ← I: −(0.2 + mean(0, .01, .02)) = −0.21; temporal1 ← U: −0.11
+    np.testing.assert_allclose([b.get_height() for b in bars], [-0.21, -0.11, -0.41, -0.21, -0.21, -0.11])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][0] == "identity@spatial1"
+    assert list(fig.data.columns) == ["perturbation", "replacement", "lam", "mean", "std"]
+
+
+def lambda_sweep_table():
+    """Baseline + temporal mix(λ) for λ ∈ {0, .5, 1} and spatial scale(.5); value = 1 − λ/10 − prompt/100."""
+    rows = [("baseline", "none", np.nan)] + [(f"temporal:mix({lam:g})", "mix", lam) for lam in (1.0, 0.0, 0.5)]
+    rows.append(("spatial.1:scale(0.5)", "scale", 0.5))
+    data = np.array([[[[1.0 if rep == "none" else 1 - lam / 10 - p / 100] for _, rep, lam in rows]]
+                     for p in range(2)])
+    return xr.Dataset(
+        {"value": (("prompt", "seed", "perturbation", "metric"), data)},
+        coords={
+            "prompt": ["p0", "p1"], "seed": [0], "metric": ["ssim"], "perturbation": [r[0] for r in rows],
+            "layer": ("perturbation", ["", "t", "t", "t", "s"]),
+            "kind": ("perturbation", ["", "temporal", "temporal", "temporal", "spatial"]),
+            "block": ("perturbation", [""] * 5), "index": ("perturbation", [-1, -1, -1, -1, 1]),
+            "replacement": ("perturbation", [r[1] for r in rows]), "lam": ("perturbation", [r[2] for r in rows]),
+        },
+    )
+
+
+def test_lambda_effect_lines_sorted_by_lambda():
+    fig = figures.lambda_effect(lambda_sweep_table(), "ssim")
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {"temporal (mix)", "spatial.1 (scale)"}
+    mix = lines["temporal (mix)"]
+    np.testing.assert_allclose(mix.get_xdata(), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(mix.get_ydata(), [-0.005, -0.055, -0.105])  # −λ/10 − mean(0, .01)
+    assert fig.axes[0].get_ylabel() == "Δ ssim"
+    with pytest.raises(ValueError, match="lambda_sweep"):
+        figures.lambda_effect(sweep(), "ssim")
+
+
 def test_layer_boxplots_one_box_per_layer():
     fig = figures.layer_boxplots(sweep(n_spatial=4), "ssim", kind="spatial")
     assert len(fig.axes) == 2

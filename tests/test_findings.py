@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+import ieadapt_interp as ia
 from ieadapt_interp import findings as fd
 
 KW = {"num_frames": 4, "height": 16, "width": 16, "num_inference_steps": 2}
@@ -57,7 +58,7 @@ def make_table(
             "prompt": list(prompts),
             "seed": list(seeds),
             "metric": list(metrics),
-            "perturbation": ["baseline"] + [f"{r[4]}@{r[0]}" for r in rows[1:]],
+            "perturbation": ["baseline"] + [f"{r[0]}:{r[4]}" for r in rows[1:]],
             "layer": ("perturbation", [r[0] for r in rows]),
             "kind": ("perturbation", [r[1] for r in rows]),
             "block": ("perturbation", [r[2] for r in rows]),
@@ -79,8 +80,8 @@ def paper_like_table():
             "temporal_ssim": 0.9 - (0.3 if i == 4 else 0.01),
         }
         v[(f"s{i}", "spatial", block, i, "uniform")] = {"ssim": 1 + d_u}
-    v[("all temporal", "temporal", "", -1, "uniform")] = {"dynamic_degree": 0.2}
-    v[("all temporal", "temporal", "", -1, "identity")] = {"dynamic_degree": 3.0, "temporal_ssim": 0.5}
+    v[("temporal.all", "temporal", "", -1, "uniform")] = {"dynamic_degree": 0.2}
+    v[("temporal.all", "temporal", "", -1, "identity")] = {"dynamic_degree": 3.0, "temporal_ssim": 0.5}
     return make_table(v)
 
 
@@ -127,7 +128,7 @@ def test_entropy_share_hand_count():
 def test_metric_change_subtracts_baseline():
     table = make_table({("s1", "spatial", "down.0", 1, "identity"): {"ssim": 0.7}})
     change = fd.metric_change(table, "ssim")
-    assert list(change["perturbation"].values) == ["identity@s1"]
+    assert list(change["perturbation"].values) == ["s1:identity"]
     np.testing.assert_allclose(change.values, -0.3)
     with pytest.raises(KeyError, match="lpips"):
         fd.metric_change(table, "lpips")
@@ -171,7 +172,7 @@ def test_check_findings_detects_failures():
         ("s1", "spatial", "down.0", 1, "uniform"): {"ssim": 0.98},
         ("s2", "spatial", "up.3", 2, "identity"): {"ssim": 0.95},
         ("s2", "spatial", "up.3", 2, "uniform"): {"ssim": 0.5},
-        ("all temporal", "temporal", "", -1, "uniform"): {"dynamic_degree": 2.0},
+        ("temporal.all", "temporal", "", -1, "uniform"): {"dynamic_degree": 2.0},
     }
     stats = make_stats(
         np.full((1, 1, 1, 2), 5.0), np.full((1, 1, 1, 2), 3.0), np.ones((1, 1, 1, 2)), kinds=("spatial",)
@@ -193,51 +194,36 @@ def test_check_findings_without_inputs_and_markdown():
     assert text.count("\n| ") == len(checks) + 1
 
 
-def test_perturbation_table_tiny(animatediff, tmp_path):
-    layer = "up_blocks.3.attentions.2.transformer_blocks.0.attn1"
-    store = tmp_path / "t.zarr"
-    ds = fd.perturbation_table(
-        animatediff,
-        ["a red circle"],
-        layers=[layer],
-        groups={},
-        store=store,
-        metrics=("ssim", "dynamic_degree"),
-        **KW,
+def test_findings_perturbations_and_run_on_a_tiny_model(animatediff, tmp_path):
+    table = ia.attention_layers(animatediff)
+    last = table[table.kind == "spatial"].name.iloc[-1]
+    made = fd.findings_perturbations(animatediff, kinds=("spatial",))
+    assert len(made) == 2 * (16 + 1) and {"spatial.16:identity", "temporal.all:uniform"} <= set(made)
+    assert made["temporal.all:uniform"].layers.resolve(table) == list(table[table.kind == "temporal"].name)
+    store = tmp_path / "findings.zarr"
+    kw = dict(store=store, layers=[last], progress=False, guidance_scale=1.0, seeds=[3], **KW)
+    checks, ds, stats = fd.run_findings_check(animatediff, ["a red circle"], **kw)
+    assert list(ds.perturbation.values) == [
+        "baseline", "spatial.16:identity", "spatial.16:uniform", "temporal.all:identity", "temporal.all:uniform"
+    ]
+    assert bool(ds["done"].all()) and list(ds.metric.values) == list(fd.FINDINGS_METRICS)
+    # the stats are the sweep's stored baseline trace: equal to a fresh trace of the same prompt and seed
+    fresh = ia.trace(animatediff, "a red circle", seed=3, guidance_scale=1.0, **KW).stats
+    np.testing.assert_allclose(stats["entropy"].values, fresh["entropy"].values, rtol=1e-6)
+    value = ds["value"].sel(prompt="a red circle", seed=3, metric="ssim")
+    expected = float(value.sel(perturbation="spatial.16:identity") - value.sel(perturbation="spatial.16:uniform"))
+    checks = checks.set_index("id")
+    assert checks.loc["1a", "effect"] == pytest.approx(expected)
+    assert checks.loc["1a", "holds"] == ("yes" if expected < 0 else "no")
+    dd = ds["value"].sel(prompt="a red circle", seed=3, metric="dynamic_degree")
+    assert checks.loc["3a", "effect"] == pytest.approx(
+        float(dd.sel(perturbation="temporal.all:uniform") - dd.sel(perturbation="baseline"))
     )
-    assert dict(ds["value"].sizes) == {"prompt": 1, "seed": 1, "perturbation": 3, "metric": 2}
-    assert list(ds["replacement"].values) == ["none", "identity", "uniform"]
-    assert ds["value"].sel(perturbation="baseline", metric="ssim").item() == pytest.approx(1.0)
-    assert np.isfinite(ds["value"].values).all()
-    again = fd.perturbation_table(
-        animatediff,
-        ["a red circle"],
-        layers=[layer],
-        groups={},
-        store=store,
-        metrics=("ssim", "dynamic_degree"),
-        **KW,
-    )
-    xr.testing.assert_identical(again["value"], ds["value"])
-    with pytest.raises(ValueError, match="another configuration"):
-        fd.perturbation_table(
-            animatediff,
-            ["a blue square"],
-            layers=[layer],
-            groups={},
-            store=store,
-            metrics=("ssim", "dynamic_degree"),
-            **KW,
-        )
-
-
-def test_perturbation_table_bad_input(animatediff):
-    with pytest.raises(ValueError, match="prompts is empty"):
-        fd.perturbation_table(animatediff, [], **KW)
-    with pytest.raises(ValueError, match="replacements"):
-        fd.perturbation_table(animatediff, ["a"], layers=["spatial"], replacements=["mix"], **KW)
-    with pytest.raises(KeyError, match="Unknown attention layer"):
-        fd.perturbation_table(animatediff, ["a"], layers=["no.such.layer"], **KW)
+    session = ds["session"].values.copy()
+    again = fd.run_findings_check(animatediff, ["a red circle"], **kw)[1]  # resumed: nothing recomputed
+    np.testing.assert_array_equal(again["session"].values, session)
+    with pytest.raises(ValueError, match="different|another|config"):
+        fd.run_findings_check(animatediff, ["a blue square"], **kw)
 
 
 def test_findings_frame_columns():

@@ -8,6 +8,8 @@ import nbformat
 import pandas as pd
 import pytest
 
+import ieadapt_interp as ia
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {
     "01": ROOT / "notebooks" / "01_perturbation_analysis.ipynb",
@@ -21,7 +23,6 @@ SMALL = {
     "num_inference_steps": 2,
     "height": 16,
     "width": 16,
-    "store": None,
     "interactive": False,
 }
 SPATIAL = [
@@ -94,6 +95,8 @@ def test_notebook_01_runs(tmp_path):
         "fig2_dynamic_degree.png",
         "fig18_ssim.png",
         "fig19_dynamic_degree.png",
+        "effect_dynamic_degree.png",
+        "lambda_dynamic_degree.png",
         "fig1_video_strip.png",
         "fig1_side_by_side.gif",
         "explorer_entropy_heatmap.png",
@@ -102,11 +105,13 @@ def test_notebook_01_runs(tmp_path):
     ]
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     assert all((out / name).stat().st_size > 1000 for name in expected)
-    assert (tmp_path / "table.zarr").exists()
+    ds = ia.open_sweep(tmp_path / "table.zarr")
+    assert bool(ds["done"].all())
+    assert ds.sizes["perturbation"] == 1 + 2 * 2 + 2 + 5  # baseline, 2 layers × {I, U}, all temporal × {I, U}, 5 λ
 
 
 def test_notebook_02_runs(tmp_path):
-    out = _execute("02", tmp_path, map_size=8, findings_layers=SPATIAL)
+    out = _execute("02", tmp_path, map_size=8, findings_layers=SPATIAL, store=str(tmp_path / "findings.zarr"))
     for name in (
         "fig6_entropy_by_layer.png",
         "entropy_heatmap.png",
@@ -121,3 +126,5 @@ def test_notebook_02_runs(tmp_path):
     checks = pd.read_csv(out / "findings.csv", dtype={"id": str}, keep_default_na=False)
     assert {"1a", "1b", "2", "3a", "3b", "4a", "4b", "4c"} <= set(checks["id"])
     assert set(checks["holds"]) <= {"yes", "no", "n/a"}
+    ds = ia.open_sweep(tmp_path / "findings.zarr")  # the findings ran as an ia.sweep: a resumable store
+    assert bool(ds["done"].all()) and "temporal.all:uniform" in ds.perturbation.values

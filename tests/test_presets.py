@@ -19,6 +19,19 @@ def test_single_layer_counts(animatediff):
     table = ia.attention_layers(animatediff)
     assert last.layers.resolve(table) == [table[table.kind == "spatial"].name.iloc[-1]]
     assert len(presets.single_layer(animatediff, kinds="spatial", replacements=("U",))) == 16
+    chosen = presets.single_layer(animatediff, names=[last.layers.names[0]], replacements=("I",))
+    assert list(chosen) == ["spatial.16:identity"]
+    with pytest.raises(KeyError, match="no.such"):
+        presets.single_layer(animatediff, names=["no.such.layer"])
+
+
+def test_all_layers_of_a_kind(animatediff):
+    made = presets.all_layers(animatediff, kinds=("temporal", "spatial"), replacements=("U",))
+    assert list(made) == ["temporal.all:uniform", "spatial.all:uniform"]
+    table = ia.attention_layers(animatediff)
+    assert made["temporal.all:uniform"].layers.resolve(table) == list(table[table.kind == "temporal"].name)
+    with pytest.raises(ValueError, match="no \\['joint'\\]"):
+        presets.all_layers(animatediff, kinds=("joint",))
 
 
 @pytest.fixture(scope="module")
