@@ -17,7 +17,6 @@ from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Res
 
 from ieadapt_interp.metrics import (
     MUSIQ,
-    MetricNotImplementedError,
     MissingWeightsError,
     clip_directional_similarity,
     clip_score,
@@ -27,7 +26,6 @@ from ieadapt_interp.metrics import (
     load_dino,
     load_lpips,
     lpips,
-    motion_smoothness,
     subject_consistency,
 )
 from ieadapt_interp.metrics.musiq import multiscale_patches
@@ -61,7 +59,7 @@ def vbench_clip_transform(video: np.ndarray, size: int) -> torch.Tensor:
     return Normalize(CLIP_MEAN, CLIP_STD)(frames.float() / 255.0)
 
 
-# ------------------------------------------------------------------ missing weights / not implemented
+# ------------------------------------------------------------------ missing weights
 @pytest.mark.parametrize(
     "name, filename",
     [
@@ -69,6 +67,7 @@ def vbench_clip_transform(video: np.ndarray, size: int) -> torch.Tensor:
         ("aesthetic_quality", "sa_0_4_vit_l_14_linear.pth"),
         ("imaging_quality", "musiq_spaq_ckpt-358bb6af.pth"),
         ("subject_consistency", "dino_vitbase16_pretrain.pth"),
+        ("motion_smoothness", "amt-s.pth"),
         ("clip_score", "clip-vit-large-patch14"),
         ("clip_directional_similarity", "clip-vit-large-patch14"),
     ],
@@ -89,14 +88,6 @@ def test_missing_weights_name_the_file_and_where_to_put_it(weights_dir, name, fi
 def test_explicit_missing_path_is_reported(weights_dir):
     with pytest.raises(MissingWeightsError, match="nowhere.pth"):
         load_lpips(weights_dir / "nowhere.pth")
-
-
-def test_motion_smoothness_is_registered_but_not_implemented(weights_dir):
-    with pytest.raises(MetricNotImplementedError, match="motion_smoothness_flow"):
-        motion_smoothness(video_rng())
-    reasons: dict[str, str] = {}
-    out = compute_metrics(["motion_smoothness"], video_rng(), on_missing="nan", reasons=reasons)
-    assert math.isnan(out["motion_smoothness"]) and "AMT" in reasons["motion_smoothness"]
 
 
 # ------------------------------------------------------------------ LPIPS

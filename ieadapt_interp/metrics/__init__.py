@@ -2,8 +2,8 @@
 
 Videos are uint8 numpy arrays ``frames × H × W × 3``. Weight-free: ``ssim``, ``temporal_ssim``,
 ``dynamic_degree``, ``motion_smoothness_flow``. Learned (local weights only, see :mod:`.weights`): ``lpips``,
-``aesthetic_quality``, ``imaging_quality``, ``subject_consistency``, ``clip_score``,
-``clip_directional_similarity``; ``motion_smoothness`` (VBench/AMT) is registered but not implemented.
+``aesthetic_quality``, ``imaging_quality``, ``subject_consistency``, ``motion_smoothness`` (VBench, with the AMT-S
+interpolator of :mod:`.amt`), ``clip_score``, ``clip_directional_similarity``.
 
 Example:
     >>> from ieadapt_interp.metrics import compute_metrics
@@ -11,6 +11,7 @@ Example:
     {'ssim': 0.81, 'dynamic_degree': 1.7}
 """
 
+from .amt import AMTS, load_amt
 from .clip import ClipBundle, clip_directional_similarity, clip_score, load_clip
 from .dino import load_dino
 from .motion import dynamic_degree, motion_smoothness_flow
@@ -30,6 +31,7 @@ from .vbench import (
 from .weights import WEIGHTS_ENV, MissingWeightsError
 
 __all__ = [
+    "AMTS",
     "METRICS",
     "MUSIQ",
     "WEIGHTS_ENV",
@@ -46,6 +48,7 @@ __all__ = [
     "get_metric",
     "imaging_quality",
     "load_aesthetic",
+    "load_amt",
     "load_clip",
     "load_dino",
     "load_lpips",
