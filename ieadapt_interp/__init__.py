@@ -16,7 +16,7 @@ from .interception import AttendFrom, Interception
 from .maps import MapRequest
 from .models import resolve_model
 from .perturbation import Layers, Perturbation, identity, mix, scale, uniform
-from . import explorer, figures, findings, presets, video
+from . import explorer, figures, findings, metrics, presets, video
 from .pipelines import load_pipeline, tiny_pipeline
 from .sweeps import open_sweep, sweep
 from .tracing import Result, generate, trace
@@ -35,5 +35,5 @@ def __getattr__(name: str):
 __all__ = [
     "ADAPTERS", "Adapter", "AttendFrom", "Interception", "Layers", "MapRequest", "Perturbation", "Result",
     "attention_layers", "generate", "get_adapter", "identity", "load_pipeline", "mix", "scale",
-    "explorer", "figures", "findings", "open_sweep", "presets", "resolve_model", "video", "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform",
+    "explorer", "figures", "findings", "metrics", "open_sweep", "presets", "resolve_model", "video", "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform",
 ]

@@ -132,3 +132,38 @@ def test_bad_inputs_are_rejected_before_work(monkeypatch):
     with pytest.raises(ValueError, match="not requested"):
         compute_metrics(["ssim"], video, reference=video, weights={"lpips": "x"})
     assert calls == []
+
+
+def rendered(caption: str, seed: int = 0) -> np.ndarray:
+    """One clip of the embedded model's training renderer, uint8 (F, H, W, 3)."""
+    from ieadapt_interp.toy.attributes import to_uint8_clip
+    from ieadapt_interp.toy.dataset import render_captions
+
+    return to_uint8_clip(render_captions([caption], seed=seed)[0])
+
+
+def test_attribute_metrics_on_rendered_clips():
+    caption = "a red square moving right on a white background"
+    clip = rendered(caption)
+    names = ["colour_match", "shape_match", "direction_match", "connectedness"]
+    assert compute_metrics(names, clip, prompt=caption) == dict.fromkeys(names, 1.0)
+    wrong = "a blue circle moving left on a white background"  # every attribute differs
+    assert compute_metrics(names, clip, prompt=wrong) == {
+        "colour_match": 0.0, "shape_match": 0.0, "direction_match": 0.0, "connectedness": 1.0
+    }
+    still = rendered("a green triangle staying still on a black background", seed=1)
+    assert compute_metrics(["direction_match"], still, prompt="a green triangle staying still on a black "
+                           "background")["direction_match"] == 1.0
+    two = np.concatenate([clip[:, :, :32], clip[:, :, :32]], axis=2)  # the object twice side by side
+    assert compute_metrics(["connectedness"], two)["connectedness"] < 1.0
+
+
+def test_attribute_metrics_refuse_other_prompts_before_work(monkeypatch):
+    from ieadapt_interp.metrics import attributes
+
+    calls = []
+    monkeypatch.setattr(attributes, "_caption", lambda prompt: calls.append(prompt))
+    with pytest.raises(ValueError, match="caption grammar"):
+        compute_metrics(["dynamic_degree", "colour_match"], np.zeros((4, 32, 32, 3), np.uint8),
+                        prompt="an astronaut riding a horse")
+    assert calls == []

@@ -220,6 +220,9 @@ def test_empty_prompts_and_bad_settings(animatediff, tmp_path):
         _small(animatediff, tmp_path / "s.zarr", generation={**GEN, "num_frame": 4})
     with pytest.raises(ValueError, match="at least 32×32"):
         _small(animatediff, tmp_path / "s.zarr", metrics=["lpips"])
+    with pytest.raises(ValueError, match="'an astronaut' is outside the embedded model's caption grammar"):
+        _small(animatediff, tmp_path / "s.zarr", metrics=["colour_match"],
+               prompts=["a red circle moving left on a white background", "an astronaut"])
     assert not (tmp_path / "s.zarr").exists()
 
 

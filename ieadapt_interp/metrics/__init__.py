@@ -1,7 +1,8 @@
 """Video metrics for attention-perturbation and editing studies, behind one registry.
 
 Videos are uint8 numpy arrays ``frames × H × W × 3``. Weight-free: ``ssim``, ``temporal_ssim``,
-``dynamic_degree``, ``motion_smoothness_flow``. Learned (local weights only, see :mod:`.weights`): ``lpips``,
+``dynamic_degree``, ``motion_smoothness_flow``; on the embedded toy model's captions ``colour_match``,
+``shape_match``, ``direction_match`` and ``connectedness`` (:mod:`.attributes`). Learned (local weights only, see :mod:`.weights`): ``lpips``,
 ``aesthetic_quality``, ``imaging_quality``, ``subject_consistency``, ``motion_smoothness`` (VBench, with the AMT-S
 interpolator of :mod:`.amt`), ``clip_score``, ``clip_directional_similarity``.
 
@@ -12,6 +13,7 @@ Example:
 """
 
 from .amt import AMTS, load_amt
+from .attributes import colour_match, connectedness, direction_match, shape_match
 from .clip import ClipBundle, clip_directional_similarity, clip_score, load_clip
 from .dino import load_dino
 from .motion import dynamic_degree, motion_smoothness_flow
@@ -43,7 +45,10 @@ __all__ = [
     "aesthetic_quality",
     "clip_directional_similarity",
     "clip_score",
+    "colour_match",
     "compute_metrics",
+    "connectedness",
+    "direction_match",
     "dynamic_degree",
     "get_metric",
     "imaging_quality",
@@ -56,6 +61,7 @@ __all__ = [
     "lpips",
     "motion_smoothness",
     "motion_smoothness_flow",
+    "shape_match",
     "ssim",
     "subject_consistency",
     "temporal_ssim",

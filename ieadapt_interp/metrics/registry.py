@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from . import clip, motion, structure, vbench
+from . import attributes, clip, motion, structure, vbench
 from .video import check_pair, check_video
 from .weights import MissingWeightsError
 
@@ -29,6 +29,7 @@ class Metric:
         source: the paper / library definition it follows.
         needs_weights: weight files (or HF folders) it loads; empty for weight-free metrics.
         implemented: False for a registered name this package cannot compute (it raises, with the reason).
+        check_prompt: raises ``ValueError`` for a prompt the metric cannot score (checked before a sweep runs).
     """
 
     name: str
@@ -38,6 +39,7 @@ class Metric:
     source: str
     needs_weights: tuple[str, ...] = ()
     implemented: bool = True
+    check_prompt: Callable[[str], None] | None = None
 
 
 def _entries() -> list[Metric]:
@@ -111,6 +113,28 @@ def _entries() -> list[Metric]:
             True,
             "mean OpenCV Farneback optical-flow magnitude, pixels/frame (not VBench's binary RAFT version)",
         ),
+        *[
+            Metric(
+                name,
+                fn,
+                ("video", "prompt"),
+                True,
+                f"embedded toy model: {what} matches the caption (1) or not (0); ieadapt_interp.toy.attributes",
+                check_prompt=attributes.check_caption,
+            )
+            for name, fn, what in (
+                ("colour_match", attributes.colour_match, "dominant foreground colour"),
+                ("shape_match", attributes.shape_match, "majority contour shape"),
+                ("direction_match", attributes.direction_match, "net centroid motion direction"),
+            )
+        ],
+        Metric(
+            "connectedness",
+            attributes.connectedness,
+            ("video",),
+            True,
+            "embedded toy model: fraction of frames with exactly one foreground blob; ieadapt_interp.toy.attributes",
+        ),
         Metric(
             "clip_score",
             clip.clip_score,
@@ -166,6 +190,9 @@ def _check_inputs(metrics: list[Metric], inputs: dict[str, object]) -> None:
     for text in needed & {"prompt", "source_prompt", "target_prompt"}:
         if not isinstance(inputs[text], str) or not inputs[text].strip():
             raise ValueError(f"{text} must be a non-empty string, got {inputs[text]!r}")
+    for metric in metrics:
+        if metric.check_prompt is not None:
+            metric.check_prompt(inputs["prompt"])
 
 
 def _call(metric: Metric, inputs: dict[str, object], options: dict) -> float:

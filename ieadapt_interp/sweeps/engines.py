@@ -101,7 +101,7 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, model: Any, config: SweepConfig):
-        self.worker = Worker(model, config.generation, config.metrics)
+        self.worker = Worker(model, config.generation, config.metrics, prompts=config.prompts)
 
     def describe(self, variants: Sequence[Sequence[dict]]) -> list[dict]:
         return self.worker.describe(variants)
@@ -165,7 +165,9 @@ class RayEngine:
         model_ref = model if is_spec(model) else ray.put(model)
         remote = ray.remote(_RayWorker)
         self.actors = [
-            remote.options(**options).remote(model_ref, config.generation, config.metrics, device, threads)
+            remote.options(**options).remote(
+                model_ref, config.generation, config.metrics, device, threads, config.prompts
+            )
             for _ in range(n)
         ]
         self.max_in_flight = max(1, int(max_in_flight))
@@ -203,12 +205,12 @@ class RayEngine:
 class _RayWorker(Worker):
     """A :class:`Worker` living in a Ray actor (limits torch's CPU threads to the actor's CPUs)."""
 
-    def __init__(self, model, generation, metrics, device=None, threads=None):
+    def __init__(self, model, generation, metrics, device=None, threads=None, prompts=()):
         if threads:
             import torch
 
             torch.set_num_threads(int(threads))
-        super().__init__(model, generation, metrics, device=device)
+        super().__init__(model, generation, metrics, device=device, prompts=prompts)
 
 
 def make_engine(engine: str, model: Any, config: SweepConfig, **options):

@@ -110,16 +110,27 @@ class Worker:
         ``guidance_scale``, ``height``, ``width``, ``negative_prompt``, ``branch``, ``scheduler``).
     metrics
         Registry names, computed per job with the baseline video as reference.
+    prompts
+        The sweep's prompts, checked up front by metrics that only take some prompts (toy attribute checks).
     """
 
     def __init__(
-        self, model: Any, generation: Mapping[str, Any], metrics: Sequence[str], device: str | None = None
+        self,
+        model: Any,
+        generation: Mapping[str, Any],
+        metrics: Sequence[str],
+        device: str | None = None,
+        prompts: Sequence[str] = (),
     ):
-        self.pipe = build_pipeline(model, device) if is_spec(model) else model
+        if is_spec(model):
+            self.pipe = build_pipeline(model, device)
+        else:  # a pipeline object (in a Ray actor: a copy); ``device`` moves it onto the actor's GPU
+            self.pipe = model if device is None else model.to(device)
         generation = dict(generation)
         set_scheduler(self.pipe, generation.pop("scheduler", None))
         self.generation = generation
         self.metrics = tuple(metrics)
+        self.prompts = tuple(prompts) or ("a test",)
         self.device = str(getattr(self.pipe, "_execution_device", "cpu"))
 
     def layer_table(self):
@@ -162,7 +173,7 @@ class Worker:
         """Compute every metric once on a black video of the sweep's size; raise (before any work) if one
         cannot take such videos (e.g. ``lpips`` needs ≥ 32×32 px). Missing weights are fine (recorded later)."""
         from ..adapters import get_adapter
-        from ..metrics import compute_metrics
+        from ..metrics import compute_metrics, get_metric
 
         default_h, default_w = get_adapter(self.pipe).default_size(self.pipe)
         shape = (
@@ -172,12 +183,15 @@ class Worker:
             3,
         )
         video = np.zeros(shape, np.uint8)
+        for metric in map(get_metric, self.metrics):  # e.g. the toy attribute metrics need toy captions
+            for prompt in self.prompts if metric.check_prompt else ():
+                metric.check_prompt(prompt)
         try:
             compute_metrics(
                 self.metrics,
                 video,
                 reference=video,
-                prompt="a test",
+                prompt=self.prompts[0],
                 on_missing="nan",
                 reasons={},
                 device=self.device,
