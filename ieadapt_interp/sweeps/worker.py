@@ -133,6 +133,13 @@ class Worker:
         self.prompts = tuple(prompts) or ("a test",)
         self.device = str(getattr(self.pipe, "_execution_device", "cpu"))
 
+    def placement(self) -> dict[str, str]:
+        """Where this worker runs: ``{"device": "cuda:0", "visible_gpus": "1"}`` (``CUDA_VISIBLE_DEVICES`` as Ray
+        sets it for an actor's GPU; empty when unset)."""
+        import os
+
+        return {"device": self.device, "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
     def layer_table(self):
         """:func:`ieadapt_interp.attention_layers` of the held pipeline (a DataFrame)."""
         from ..adapters import attention_layers
