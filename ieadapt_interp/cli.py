@@ -19,9 +19,9 @@ EXAMPLE_YAML = """\
 # ieadapt sweep example — every spatial and temporal layer of the embedded toy model × {I, U}
 model: null                    # null = embedded toy model; "tiny:animatediff"; or a local model folder
 # motion_adapter: /models/animatediff-motion-adapter-v1-5-3    # AnimateDiff checkpoints only
-prompts:
-  - a red circle moving left
-  - a blue square staying still
+prompts:                       # the embedded model's caption grammar
+  - a red circle moving left on a white background
+  - a blue square staying still on a black background
 seeds: [42]
 generation: toy                # toy | paper_animatediff | paper_cogvideox | a mapping:
 # generation: {preset: toy, num_inference_steps: 10}
@@ -29,13 +29,15 @@ perturbations:
   - preset: single_layer       # every layer of these kinds alone, with each replacement
     kinds: [spatial, temporal]
     replacements: [identity, uniform]
+  - preset: all_layers         # every layer of a kind at once (temporal.all:identity, ...)
+    kinds: [temporal]
   - preset: lambda_sweep       # A <- λI + (1-λ)U on all temporal layers
     layers: temporal
     lams: [0.0, 0.5, 1.0]
   - name: last-spatial-U       # one hand-written perturbation
-    layers: {kinds: [spatial], indices: [16]}
+    layers: {kinds: [spatial], indices: [-1]}   # -1: the last layer of that kind
     replacement: uniform
-metrics: [ssim, temporal_ssim, dynamic_degree, motion_smoothness_flow]
+metrics: [ssim, temporal_ssim, dynamic_degree, motion_smoothness_flow, direction_match]
 store: runs/toy_single_layer.zarr
 engine: local                  # local | ray
 batch_size: 4                  # perturbation variants per forward pass
@@ -48,8 +50,8 @@ Run the unperturbed baseline and every (prompt, seed, perturbation) of CONFIG.ya
 listed metrics, and write each finished job to a zarr store. Re-running the same command resumes:
 finished jobs are kept, the others computed. A store written by a different configuration is refused.
 
-Perturbation presets: single_layer, entropy_split (needs a calibration run: `calibration_prompt`),
-up_down, per_block, multi_layer, lambda_sweep (see ieadapt_interp.presets). Metrics: see
+Perturbation presets: single_layer, all_layers, entropy_split (needs a calibration run:
+`calibration_prompt`), up_down, per_block, multi_layer, lambda_sweep (see ieadapt_interp.presets). Metrics: see
 `python -c "import ieadapt_interp.metrics as m; print(sorted(m.METRICS))"`; learned metrics without local
 weights are stored as NaN with a reason.
 

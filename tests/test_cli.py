@@ -105,3 +105,12 @@ def test_example_config_is_valid_and_documented():
     assert cli.generation_settings(config["generation"])["num_frames"] == 16
     assert cli.generation_settings({"preset": "toy", "num_inference_steps": 3})["num_inference_steps"] == 3
     assert textwrap.dedent(cli.SWEEP_HELP).count("preset:") >= 2
+
+
+def test_example_config_dry_run_on_the_embedded_model(capsys):
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "docs" / "sweep_example.yaml"
+    assert cli.main(["sweep", str(example), "--dry-run"]) == 0
+    # toy: 7 spatial + 20 temporal layers × {I, U}, temporal.all × {I, U}, 3 λ, last-spatial-U, baseline
+    assert "2 prompt(s) × 1 seed(s) × 61 perturbations (incl. baseline) = 122 jobs" in capsys.readouterr().out
