@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .perturbation import Perturbation
+from .perturbation import Layers, Perturbation
 
 #: Metrics the findings check reads (all weight-free).
 FINDINGS_METRICS: tuple[str, ...] = ("ssim", "temporal_ssim", "dynamic_degree")
@@ -214,6 +214,25 @@ def _per_layer(ds: xr.Dataset, metric: str, kind: str, replacement: str) -> pd.S
 # --------------------------------------------------------------------------- the findings
 
 
+def lambda_curve(ds: xr.Dataset, metric: str, group: str = TEMPORAL_GROUP) -> pd.Series:
+    """Mean change of ``metric`` against λ for the I↔U axis of one layer group: ``{λ: Δ}``, sorted by λ.
+
+    Points are the perturbations named ``<group>:…`` whose replacement is ``uniform`` (λ = 0), ``mix`` (its λ)
+    or ``identity`` (λ = 1) — :func:`findings_perturbations` names them so. Empty when the sweep has none.
+    """
+    change = metric_change(ds, metric)
+    names = [str(p) for p in change["perturbation"].values]
+    keep = np.array(
+        [n.startswith(f"{group}:") for n in names]
+    ) & np.asarray(change["replacement"].isin(["uniform", "mix", "identity"]))
+    if not keep.any():
+        return pd.Series(dtype=float, name=metric)
+    sel = change.isel(perturbation=keep)
+    means = sel.mean([d for d in sel.dims if d != "perturbation"], skipna=True)
+    lams = np.asarray(sel["lam"].values, dtype=float)
+    return pd.Series(means.values, index=pd.Index(lams, name="lam"), name=metric).groupby(level=0).mean()
+
+
 def _row(fid: str, finding: str, measure: str, effect: float, holds: bool | None, detail: str = "") -> dict:
     verdict = (
         "n/a"
@@ -366,6 +385,20 @@ def check_findings(
         ):
             effect = temporal_change("dynamic_degree", rep)
             rows.append(_row(fid, finding, f"Δ dynamic_degree ({where})", effect, bool(sign * effect > 0)))
+        curve = lambda_curve(table, "dynamic_degree", temporal_group)
+        if len(curve) >= 3:
+            rho = float(pd.Series(curve.index, dtype=float).corr(pd.Series(curve.values), method="spearman"))
+            rows.append(
+                _row(
+                    "3d",
+                    "Temporal maps set motion amplitude: motion grows from U to I (A ← λI + (1−λ)U)",
+                    f"Spearman ρ(λ, Δ dynamic_degree), '{temporal_group}', {len(curve)} λ values",
+                    rho,
+                    bool(np.all(np.diff(curve.values) > 0)),
+                    "; ".join(f"λ={lam:g}: {value:+.3f}" for lam, value in curve.items())
+                    + " (yes = strictly increasing)",
+                )
+            )
         if _has_metric(table, "temporal_ssim"):
             effect = temporal_change("temporal_ssim", "identity")
             rows.append(
@@ -454,14 +487,17 @@ def findings_perturbations(
     kinds: Sequence[str] = ("spatial",),
     replacements: Sequence[str] = ("identity", "uniform"),
     layers: Sequence[str] | None = None,
+    lams: Sequence[float] = (0.25, 0.5, 0.75),
 ) -> dict[str, Perturbation]:
-    """What :func:`check_findings` needs: every layer of ``kinds`` alone and all temporal layers at once, × I, U.
+    """What :func:`check_findings` needs: every layer of ``kinds`` alone and all temporal layers at once, × I, U,
+    plus all temporal layers ← ``mix(λ)`` for ``lams`` (the I↔U curve of finding 3d).
 
-    :func:`ieadapt_interp.presets.single_layer` (restricted to the module paths ``layers`` when given) plus
-    :func:`ieadapt_interp.presets.all_layers` for the temporal kind (when the model has one); names
-    ``spatial.16:identity``, ``temporal.all:uniform``, …
+    :func:`ieadapt_interp.presets.single_layer` (restricted to the module paths ``layers`` when given),
+    :func:`ieadapt_interp.presets.all_layers` and :func:`ieadapt_interp.presets.lambda_sweep` for the temporal
+    kind (when the model has one); names ``spatial.16:identity``, ``temporal.all:uniform``,
+    ``temporal.all:mix(0.5)``, …
     """
-    from .presets import all_layers, single_layer
+    from .presets import all_layers, lambda_sweep, single_layer
 
     from .adapters import attention_layers
 
@@ -469,6 +505,7 @@ def findings_perturbations(
     perturbations = single_layer(table, kinds, replacements, names=layers)
     if (table["kind"] == "temporal").any():
         perturbations.update(all_layers(table, ("temporal",), replacements))
+        perturbations.update(lambda_sweep(Layers(kinds=("temporal",)), lams, name=TEMPORAL_GROUP))
     return perturbations
 
 

@@ -63,10 +63,15 @@ def make_table(
             "kind": ("perturbation", [r[1] for r in rows]),
             "block": ("perturbation", [r[2] for r in rows]),
             "index": ("perturbation", [r[3] for r in rows]),
-            "replacement": ("perturbation", [r[4] for r in rows]),
-            "lam": ("perturbation", [np.nan] + [1.0 if r[4] == "identity" else 0.0 for r in rows[1:]]),
+            "replacement": ("perturbation", [r[4].split("(")[0] for r in rows]),
+            "lam": ("perturbation", [np.nan] + [_lam(r[4]) for r in rows[1:]]),
         },
     )
+
+
+def _lam(rep: str) -> float:
+    """λ of a replacement label: identity 1, uniform 0, ``mix(x)`` x."""
+    return {"identity": 1.0, "uniform": 0.0}.get(rep) if "(" not in rep else float(rep[4:-1])
 
 
 def paper_like_table():
@@ -82,6 +87,8 @@ def paper_like_table():
         v[(f"s{i}", "spatial", block, i, "uniform")] = {"ssim": 1 + d_u}
     v[("temporal.all", "temporal", "", -1, "uniform")] = {"dynamic_degree": 0.2}
     v[("temporal.all", "temporal", "", -1, "identity")] = {"dynamic_degree": 3.0, "temporal_ssim": 0.5}
+    for lam, dd in ((0.25, 0.6), (0.5, 1.1), (0.75, 2.0)):  # motion grows with λ
+        v[("temporal.all", "temporal", "", -1, f"mix({lam:g})")] = {"dynamic_degree": dd}
     return make_table(v)
 
 
@@ -156,13 +163,25 @@ def test_check_findings_paper_like_table_holds():
         "3a": "yes",
         "3b": "yes",
         "3c": "yes",
+        "3d": "yes",
         "4a": "yes",
         "4b": "yes",
         "4c": "yes",
     }
     assert checks["holds"].to_dict() == expected
     assert checks.loc["3a", "effect"] == pytest.approx(-0.8)
+    assert checks.loc["3d", "effect"] == pytest.approx(1.0)  # ranks of λ and of Δ agree exactly
+    curve = fd.lambda_curve(paper_like_table(), "dynamic_degree")
+    assert list(curve.index) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_allclose(curve.values, [-0.8, -0.4, 0.1, 1.0, 2.0])
     assert checks.loc["4b", "effect"] == pytest.approx(0.05)
+
+
+def test_lambda_check_fails_when_motion_is_not_monotonic():
+    table = paper_like_table()
+    table["value"].loc[dict(perturbation="temporal.all:mix(0.5)", metric="dynamic_degree")] = 0.1  # dip
+    checks = fd.check_findings(table, None).set_index("id")
+    assert checks.loc["3d", "holds"] == "no" and checks.loc["3d", "effect"] < 1.0
 
 
 def test_check_findings_detects_failures():
@@ -198,13 +217,14 @@ def test_findings_perturbations_and_run_on_a_tiny_model(animatediff, tmp_path):
     table = ia.attention_layers(animatediff)
     last = table[table.kind == "spatial"].name.iloc[-1]
     made = fd.findings_perturbations(animatediff, kinds=("spatial",))
-    assert len(made) == 2 * (16 + 1) and {"spatial.16:identity", "temporal.all:uniform"} <= set(made)
+    assert len(made) == 2 * (16 + 1) + 3 and {"spatial.16:identity", "temporal.all:mix(0.5)"} <= set(made)
     assert made["temporal.all:uniform"].layers.resolve(table) == list(table[table.kind == "temporal"].name)
     store = tmp_path / "findings.zarr"
     kw = dict(store=store, layers=[last], progress=False, guidance_scale=1.0, seeds=[3], **KW)
     checks, ds, stats = fd.run_findings_check(animatediff, ["a red circle"], **kw)
     assert list(ds.perturbation.values) == [
-        "baseline", "spatial.16:identity", "spatial.16:uniform", "temporal.all:identity", "temporal.all:uniform"
+        "baseline", "spatial.16:identity", "spatial.16:uniform", "temporal.all:identity", "temporal.all:uniform",
+        "temporal.all:mix(0.25)", "temporal.all:mix(0.5)", "temporal.all:mix(0.75)",
     ]
     assert bool(ds["done"].all()) and list(ds.metric.values) == list(fd.FINDINGS_METRICS)
     # the stats are the sweep's stored baseline trace: equal to a fresh trace of the same prompt and seed
