@@ -385,6 +385,17 @@ def check_findings(
         ):
             effect = temporal_change("dynamic_degree", rep)
             rows.append(_row(fid, finding, f"Δ dynamic_degree ({where})", effect, bool(sign * effect > 0)))
+        if _has_metric(table, "temporal_ssim"):
+            effect = temporal_change("temporal_ssim", "identity")
+            rows.append(
+                _row(
+                    "3c",
+                    "Temporal maps ← I lower inter-frame consistency",
+                    f"Δ temporal_ssim ({where})",
+                    effect,
+                    bool(effect < 0),
+                )
+            )
         curve = lambda_curve(table, "dynamic_degree", temporal_group)
         if len(curve) >= 3:
             rho = float(pd.Series(curve.index, dtype=float).corr(pd.Series(curve.values), method="spearman"))
@@ -397,17 +408,6 @@ def check_findings(
                     bool(np.all(np.diff(curve.values) > 0)),
                     "; ".join(f"λ={lam:g}: {value:+.3f}" for lam, value in curve.items())
                     + " (yes = strictly increasing)",
-                )
-            )
-        if _has_metric(table, "temporal_ssim"):
-            effect = temporal_change("temporal_ssim", "identity")
-            rows.append(
-                _row(
-                    "3c",
-                    "Temporal maps ← I lower inter-frame consistency",
-                    f"Δ temporal_ssim ({where})",
-                    effect,
-                    bool(effect < 0),
                 )
             )
     else:
