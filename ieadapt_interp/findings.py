@@ -509,6 +509,63 @@ def findings_perturbations(
     return perturbations
 
 
+def _pairs(table: xr.Dataset) -> xr.Dataset:
+    """``table`` with its (prompt, seed) pairs flattened onto ``prompt`` (``seed`` of length 1)."""
+    value = table["value"].transpose("prompt", "seed", "perturbation", "metric")
+    n_pairs = value.sizes["prompt"] * value.sizes["seed"]
+    flat = value.values.reshape(n_pairs, 1, value.sizes["perturbation"], value.sizes["metric"])
+    coords = {name: coord for name, coord in table["value"].coords.items() if "perturbation" in coord.dims}
+    return xr.Dataset(
+        {"value": (("prompt", "seed", "perturbation", "metric"), flat)},
+        coords={**coords, "prompt": np.arange(n_pairs), "seed": [0], "metric": table["metric"].values},
+    )
+
+
+def bootstrap_intervals(
+    table: xr.Dataset, *, n_boot: int = 200, level: float = 0.95, seed: int = 0, **check_options
+) -> pd.DataFrame:
+    """Percentile bootstrap intervals of the table-based findings' effects, resampling (prompt, seed) pairs.
+
+    Each of ``n_boot`` resamples draws the sweep's (prompt, seed) pairs with replacement and re-runs
+    :func:`check_findings` on them (stats-based checks have no interval). Returns a DataFrame indexed by ``id``
+    with ``ci_low``, ``ci_high`` and ``n_pairs``; with one pair the interval is the point itself.
+
+    >>> intervals = bootstrap_intervals(table, n_boot=100)          # doctest: +SKIP
+    >>> intervals.loc["3a", ["ci_low", "ci_high"]]                  # doctest: +SKIP
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1); got {level}.")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be ≥ 1; got {n_boot}.")
+    check_sweep(table)
+    pairs = _pairs(table)
+    n_pairs = pairs.sizes["prompt"]
+    rng = np.random.default_rng(seed)
+    draws = [
+        check_findings(
+            pairs.isel(prompt=rng.integers(0, n_pairs, n_pairs)).assign_coords(prompt=np.arange(n_pairs)),
+            None,
+            **check_options,
+        )
+        .set_index("id")["effect"]
+        for _ in range(n_boot)
+    ]
+    samples = pd.concat(draws, axis=1)
+    alpha = (1 - level) / 2
+    return pd.DataFrame(
+        {
+            "ci_low": samples.quantile(alpha, axis=1),
+            "ci_high": samples.quantile(1 - alpha, axis=1),
+            "n_pairs": n_pairs,
+        }
+    ).dropna(subset=["ci_low"])
+
+
+def with_intervals(findings: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """``findings`` with ``ci_low``, ``ci_high``, ``n_pairs`` columns (NaN where a check has no interval)."""
+    return findings.join(intervals, on="id")
+
+
 def run_findings_check(
     pipe,
     prompts: Sequence[str],
@@ -520,6 +577,7 @@ def run_findings_check(
     batch_size: int = 8,
     engine: str = "local",
     progress: bool = True,
+    n_boot: int = 200,
     **generation,
 ) -> tuple[pd.DataFrame, xr.Dataset, xr.Dataset]:
     """Run the findings sweep and check it → ``(findings, table, stats)``.
@@ -527,7 +585,9 @@ def run_findings_check(
     ``table``: :func:`ieadapt_interp.sweep` of :func:`findings_perturbations` (``kinds``, ``layers``) over
     ``prompts`` × ``seeds`` with
     :data:`FINDINGS_METRICS`, written to (and resumed from) ``store``; ``stats``: the attention statistics of
-    the first prompt and seed's baseline, which the sweep stores beside the metrics. ``generation``:
+    the first prompt and seed's baseline, which the sweep stores beside the metrics. ``findings`` carries
+    :func:`bootstrap_intervals` (``n_boot`` resamples of the (prompt, seed) pairs) as ``ci_low``, ``ci_high``,
+    ``n_pairs``. ``generation``:
     ``num_frames``, ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``, ``scheduler`` …
 
     >>> checks, table, stats = run_findings_check(pipe, ["a red circle moving left"],
@@ -549,7 +609,8 @@ def run_findings_check(
         progress=progress,
     )
     stats = SweepStore(store).baseline_stats(0, 0)
-    return check_findings(table, stats), table, stats
+    checks = with_intervals(check_findings(table, stats), bootstrap_intervals(table, n_boot=n_boot))
+    return checks, table, stats
 
 
 def save_findings(findings: pd.DataFrame, out_dir: str | Path, name: str = "findings") -> Path:
@@ -571,10 +632,21 @@ def findings_markdown(
         lines.append(f"- {key}: {value}")
     if context:
         lines.append("")
-    lines += ["| id | finding | measure | effect | holds | detail |", "|---|---|---|---|---|---|"]
+    has_ci = "ci_low" in findings.columns
+    ci_head = " 95 % interval |" if has_ci else ""
+    lines += [
+        f"| id | finding | measure | effect |{ci_head} holds | detail |",
+        "|---|---|---|---|" + ("---|" if has_ci else "") + "---|---|",
+    ]
     for row in findings.itertuples():
         effect = "n/a" if isinstance(row.effect, float) and np.isnan(row.effect) else f"{row.effect:.4g}"
-        lines.append(f"| {row.id} | {row.finding} | {row.measure} | {effect} | {row.holds} | {row.detail} |")
+        ci = ""
+        if has_ci:
+            ci = " – |" if np.isnan(row.ci_low) else f" [{row.ci_low:.4g}, {row.ci_high:.4g}] |"
+        lines.append(f"| {row.id} | {row.finding} | {row.measure} | {effect} |{ci} {row.holds} | {row.detail} |")
+    if has_ci and findings["n_pairs"].notna().any():
+        lines += ["", f"Intervals: percentile bootstrap over the {int(findings['n_pairs'].max())} (prompt, seed) "
+                  "pairs of the sweep; the stats-based checks (4x) have none."]
     return "\n".join(lines) + "\n"
 
 

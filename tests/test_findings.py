@@ -250,3 +250,22 @@ def test_findings_frame_columns():
     checks = fd.check_findings(paper_like_table(), None)
     assert list(checks.columns) == ["id", "finding", "measure", "effect", "holds", "detail"]
     assert isinstance(checks, pd.DataFrame)
+
+
+def test_bootstrap_intervals_cover_the_spread_of_pairs():
+    # 3a: Δ dynamic_degree of temporal.all ← U is −0.8 for p0 and −0.2 for p1, so resampled means lie in [−0.8, −0.2]
+    table = paper_like_table()
+    table["value"].loc[dict(prompt="p1", perturbation="temporal.all:uniform", metric="dynamic_degree")] = 0.8
+    intervals = fd.bootstrap_intervals(table, n_boot=300, seed=1)
+    low, high = intervals.loc["3a", ["ci_low", "ci_high"]]
+    assert -0.8 - 1e-9 <= low < -0.5 < high <= -0.2 + 1e-9
+    assert intervals.loc["3a", "n_pairs"] == 2
+    assert "4a" not in intervals.index  # stats-based: no interval
+    # 1a: identical across the two prompts → a zero-width interval at the point estimate
+    point = fd.check_findings(table, None).set_index("id").loc["1a", "effect"]
+    assert intervals.loc["1a", "ci_low"] == pytest.approx(point) and intervals.loc["1a", "ci_high"] == pytest.approx(point)
+    checks = fd.with_intervals(fd.check_findings(table, None), intervals)
+    text = fd.findings_markdown(checks)
+    assert "95 % interval" in text and "bootstrap over the 2 (prompt, seed) pairs" in text
+    with pytest.raises(ValueError, match="level"):
+        fd.bootstrap_intervals(table, level=1.5)
