@@ -646,7 +646,8 @@ def findings_markdown(
         lines.append(f"| {row.id} | {row.finding} | {row.measure} | {effect} |{ci} {row.holds} | {row.detail} |")
     if has_ci and findings["n_pairs"].notna().any():
         lines += ["", f"Intervals: percentile bootstrap over the {int(findings['n_pairs'].max())} (prompt, seed) "
-                  "pairs of the sweep; the stats-based checks (4x) have none."]
+                  "pairs of the sweep; the stats-based checks (4x) have none. `holds` judges the point estimate: where the "
+                  "interval crosses the check's threshold (0 for a change), the verdict is not significant."]
     return "\n".join(lines) + "\n"
 
 
