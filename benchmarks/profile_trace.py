@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,16 +22,8 @@ from bench_trace import _time, animatediff_case  # noqa: E402
 
 
 def _median_ms(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    """Median wall ms of ``fn`` on the GPU (``bench_trace._time``: warm-ups, synchronised)."""
+    return _time(fn, reps)[0]
 
 
 def sdpa_shapes(pipe_like, step) -> dict[tuple, int]:
