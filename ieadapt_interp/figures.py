@@ -38,7 +38,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .findings import check_sweep, energy_bound_violations, layer_means, metric_change, video_stats
+from .findings import (
+    check_sweep,
+    energy_bound_violations,
+    layer_means,
+    metric_change,
+    perturbation_summary,
+    video_stats,
+)
 
 #: Colours per attention kind and per replacement (consistent across figures).
 KIND_COLORS = {"spatial": "#1f77b4", "temporal": "#d62728", "cross": "#7f7f7f", "joint": "#9467bd"}
@@ -182,23 +189,6 @@ def layer_boxplots(
     return fig
 
 
-def _effect_summary(ds: xr.Dataset, metric: str) -> tuple[pd.DataFrame, bool]:
-    """Per perturbation (baseline dropped): name, coordinates, mean and std of the change over prompts × seeds."""
-    change = metric_change(ds, metric)
-    relative = bool(change.attrs.get("relative", False))
-    other = [d for d in change.dims if d != "perturbation"]
-    summary = pd.DataFrame(
-        {
-            "perturbation": [str(p) for p in change["perturbation"].values],
-            "replacement": [str(r) for r in change["replacement"].values],
-            "lam": change["lam"].values.astype(float) if "lam" in change.coords else np.nan,
-            "mean": change.mean(other, skipna=True).values,
-            "std": change.std(other, skipna=True).values,
-        }
-    )
-    return summary, relative
-
-
 def perturbation_effect(ds: xr.Dataset, metric: str, *, figsize: tuple[float, float] | None = None) -> Figure:
     """One bar per perturbation of a sweep (single layers, groups, λ mixes): mean change of ``metric``.
 
@@ -206,7 +196,7 @@ def perturbation_effect(ds: xr.Dataset, metric: str, *, figsize: tuple[float, fl
     ``perturbation, replacement, lam, mean, std``.
     """
     check_sweep(ds)
-    summary, relative = _effect_summary(ds, metric)
+    summary, relative = perturbation_summary(ds, metric)
     fig = Figure(figsize=figsize or (max(6.0, 0.2 * len(summary) + 2), 4.0), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(summary))
@@ -245,7 +235,7 @@ def lambda_effect(
     bands ±1 std. ``fig.data``: DataFrame ``group, replacement, lam, mean, std``.
     """
     check_sweep(ds)
-    summary, relative = _effect_summary(ds, metric)
+    summary, relative = perturbation_summary(ds, metric)
     summary = summary[summary["replacement"].isin(list(replacements)) & np.isfinite(summary["lam"])]
     if summary.empty:
         raise ValueError(

@@ -214,23 +214,40 @@ def _per_layer(ds: xr.Dataset, metric: str, kind: str, replacement: str) -> pd.S
 # --------------------------------------------------------------------------- the findings
 
 
+def perturbation_summary(ds: xr.Dataset, metric: str) -> tuple[pd.DataFrame, bool]:
+    """Per perturbation (baseline dropped): the mean and std of :func:`metric_change` over prompts × seeds.
+
+    Returns ``(DataFrame perturbation, replacement, lam, mean, std; relative)`` — ``relative`` is False when the
+    sweep has no baseline and the values are raw.
+    """
+    change = metric_change(ds, metric)
+    other = [d for d in change.dims if d != "perturbation"]
+    summary = pd.DataFrame(
+        {
+            "perturbation": [str(p) for p in change["perturbation"].values],
+            "replacement": [str(r) for r in change["replacement"].values],
+            "lam": change["lam"].values.astype(float) if "lam" in change.coords else np.nan,
+            "mean": change.mean(other, skipna=True).values,
+            "std": change.std(other, skipna=True).values,
+        }
+    )
+    return summary, bool(change.attrs.get("relative", False))
+
+
 def lambda_curve(ds: xr.Dataset, metric: str, group: str = TEMPORAL_GROUP) -> pd.Series:
     """Mean change of ``metric`` against λ for the I↔U axis of one layer group: ``{λ: Δ}``, sorted by λ.
 
     Points are the perturbations named ``<group>:…`` whose replacement is ``uniform`` (λ = 0), ``mix`` (its λ)
     or ``identity`` (λ = 1) — :func:`findings_perturbations` names them so. Empty when the sweep has none.
     """
-    change = metric_change(ds, metric)
-    names = [str(p) for p in change["perturbation"].values]
-    keep = np.array(
-        [n.startswith(f"{group}:") for n in names]
-    ) & np.asarray(change["replacement"].isin(["uniform", "mix", "identity"]))
-    if not keep.any():
-        return pd.Series(dtype=float, name=metric)
-    sel = change.isel(perturbation=keep)
-    means = sel.mean([d for d in sel.dims if d != "perturbation"], skipna=True)
-    lams = np.asarray(sel["lam"].values, dtype=float)
-    return pd.Series(means.values, index=pd.Index(lams, name="lam"), name=metric).groupby(level=0).mean()
+    summary, _ = perturbation_summary(ds, metric)
+    keep = summary["perturbation"].str.startswith(f"{group}:") & summary["replacement"].isin(
+        ["uniform", "mix", "identity"]
+    )
+    points = summary[keep]
+    return pd.Series(
+        points["mean"].values, index=pd.Index(points["lam"].values, name="lam"), name=metric, dtype=float
+    ).groupby(level=0).mean()
 
 
 def _row(fid: str, finding: str, measure: str, effect: float, holds: bool | None, detail: str = "") -> dict:
@@ -497,11 +514,9 @@ def findings_perturbations(
     kind (when the model has one); names ``spatial.16:identity``, ``temporal.all:uniform``,
     ``temporal.all:mix(0.5)``, …
     """
-    from .presets import all_layers, lambda_sweep, single_layer
+    from .presets import all_layers, lambda_sweep, layer_table, single_layer
 
-    from .adapters import attention_layers
-
-    table = pipe if isinstance(pipe, pd.DataFrame) else attention_layers(pipe)
+    table = layer_table(pipe)
     perturbations = single_layer(table, kinds, replacements, names=layers)
     if (table["kind"] == "temporal").any():
         perturbations.update(all_layers(table, ("temporal",), replacements))

@@ -295,6 +295,10 @@ class Interception:
             self._index_cache[key] = idx.flatten().to(device)
         return self._index_cache[key]
 
+    def _kept_rows(self) -> list[int]:
+        """Denoiser rows whose statistics and maps are recorded (their branch is in ``record_branches``)."""
+        return [i for i, (b, _) in enumerate(self.state.rows) if b in self.record_branches or b == "all"]
+
     def _rows_where(self, branch_ok: Callable[[str], bool], samples: frozenset[int] | None) -> list[int]:
         return [i for i, (b, s) in enumerate(self.state.rows)
                 if branch_ok(b) and (samples is None or s in samples)]
@@ -365,7 +369,7 @@ class Interception:
     # -- statistics --------------------------------------------------------------------------
     def _record(self, layer, query, key, value, attn_mask, out, ent, per) -> None:
         st = self.state
-        keep = [i for i, (b, _) in enumerate(st.rows) if b in self.record_branches or b == "all"]
+        keep = self._kept_rows()
         sel = self._elements(keep, per, out.device)
         n_q, n_k = query.shape[-2], key.shape[-2]
         v = _select(value, sel)  # a view for consecutive rows; both energy bounds derive from it
@@ -389,7 +393,7 @@ class Interception:
 
     def _record_map(self, layer, query, key, attn_mask, scale, per) -> None:
         st, req = self.state, self.maps
-        keep = [i for i, (b, _) in enumerate(st.rows) if b in self.record_branches or b == "all"]
+        keep = self._kept_rows()
         heads = list(req.heads) if req.heads is not None else list(range(query.shape[1]))
         sel = self._elements(keep, per, query.device)
         q = _select(query, sel)[:, heads]

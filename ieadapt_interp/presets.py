@@ -77,7 +77,8 @@ def generation(name: str, **overrides: Any) -> dict[str, Any]:
     return {**GENERATION[key], **overrides}
 
 
-def _table(pipe_or_table) -> pd.DataFrame:
+def layer_table(pipe_or_table) -> pd.DataFrame:
+    """:func:`ieadapt_interp.attention_layers` of a pipeline; a table given instead is returned as is."""
     if isinstance(pipe_or_table, pd.DataFrame):
         return pipe_or_table
     from .adapters import attention_layers
@@ -126,12 +127,14 @@ def single_layer(
     so ``spatial.16`` is AnimateDiff's last spatial layer). Ordered by replacement, then layer.
     ``names`` (module paths) restricts the layers further; an unknown name raises ``KeyError``.
     """
-    table = _table(pipe)
+    table = layer_table(pipe)
     if names is not None:
         table = table[table["name"].isin(Layers(names=tuple(names)).resolve(table))]
         kinds = [k for k in ([kinds] if isinstance(kinds, str) else kinds) if k in set(table["kind"])]
         if not kinds:
-            raise ValueError(f"none of the named layers is of the kinds asked for; their kinds: {sorted(set(table['kind']))}.")
+            raise ValueError(
+                f"none of the named layers is of the kinds asked for; their kinds: {sorted(set(table['kind']))}."
+            )
     out: dict[str, Perturbation] = {}
     for r in replacements:
         for kind in _kinds(table, kinds):
@@ -151,7 +154,7 @@ def all_layers(
     >>> sorted(all_layers(ia.tiny_pipeline("animatediff")))
     ['temporal.all:identity', 'temporal.all:uniform']
     """
-    table = _table(pipe)
+    table = layer_table(pipe)
     out: dict[str, Perturbation] = {}
     for kind in _kinds(table, kinds):
         out.update(_group(f"{kind}.all", list(table.loc[table["kind"] == kind, "name"]), replacements))
@@ -196,7 +199,7 @@ def entropy_split(
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
-    table, entropy = _table(pipe), layer_entropy(stats)
+    table, entropy = layer_table(pipe), layer_entropy(stats)
     out: dict[str, Perturbation] = {}
     pct = f"{fraction * 100:g}%"
     for kind in _kinds(table, kinds):
@@ -223,7 +226,7 @@ def up_down(
 
     Models without down/up blocks (CogVideoX) raise: use :func:`per_block` there.
     """
-    table = _table(pipe)
+    table = layer_table(pipe)
     out: dict[str, Perturbation] = {}
     for kind in _kinds(table, kinds):
         rows = table[table["kind"] == kind]
@@ -244,7 +247,7 @@ def per_block(
     replacements: Sequence[str] = ("identity", "uniform"),
 ) -> dict[str, Perturbation]:
     """All layers of a kind within one block, block by block: ``temporal@down.1:identity``, …"""
-    table = _table(pipe)
+    table = layer_table(pipe)
     out: dict[str, Perturbation] = {}
     for kind in _kinds(table, kinds):
         rows = table[table["kind"] == kind]

@@ -58,7 +58,8 @@ def _as_variant(entry: PerturbationEntry, where: str) -> tuple[Perturbation, ...
     return items
 
 
-def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+def _check_metrics(metrics: Sequence[str], prompts: Sequence[str] = ()) -> tuple[str, ...]:
+    """Known, sweep-able metrics; a metric that scores only some prompts (``check_prompt``) sees every prompt."""
     from ..metrics import get_metric
 
     if isinstance(metrics, str):
@@ -77,6 +78,8 @@ def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
                 f"metric {name!r} needs {sorted(unsupported)}, which a perturbation sweep does not have "
                 "(it is an editing metric); drop it from metrics=."
             )
+        for prompt in prompts if metric.check_prompt else ():  # e.g. the toy attribute checks: toy captions
+            metric.check_prompt(prompt)
     return names
 
 
@@ -160,12 +163,13 @@ class SweepConfig:
         variants = tuple(_as_variant(e, f"perturbation #{i}") for i, e in enumerate(entries))
         if BASELINE in names:
             raise ValueError(f"{BASELINE!r} is reserved for the unperturbed run; rename that perturbation.")
+        prompts = _check_prompts(prompts)
         return cls(
-            _check_prompts(prompts),
+            prompts,
             _check_seeds(seeds),
             names,
             variants,
-            _check_metrics(metrics),
+            _check_metrics(metrics, prompts),
             _check_generation(generation),
             model_key(model),
         )

@@ -111,7 +111,8 @@ class Worker:
     metrics
         Registry names, computed per job with the baseline video as reference.
     prompts
-        The sweep's prompts, checked up front by metrics that only take some prompts (toy attribute checks).
+        The sweep's prompts (already checked by :class:`~.config.SweepConfig`); the first is the dry run's prompt, so that
+        metrics scoring only some prompts (toy attribute checks) accept it.
     """
 
     def __init__(
@@ -180,7 +181,7 @@ class Worker:
         """Compute every metric once on a black video of the sweep's size; raise (before any work) if one
         cannot take such videos (e.g. ``lpips`` needs ≥ 32×32 px). Missing weights are fine (recorded later)."""
         from ..adapters import get_adapter
-        from ..metrics import compute_metrics, get_metric
+        from ..metrics import compute_metrics
 
         default_h, default_w = get_adapter(self.pipe).default_size(self.pipe)
         shape = (
@@ -190,9 +191,6 @@ class Worker:
             3,
         )
         video = np.zeros(shape, np.uint8)
-        for metric in map(get_metric, self.metrics):  # e.g. the toy attribute metrics need toy captions
-            for prompt in self.prompts if metric.check_prompt else ():
-                metric.check_prompt(prompt)
         try:
             compute_metrics(
                 self.metrics,
