@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ieadapt_interp.kernels import attention_entropy_reference, flash_attention_with_entropy, fused_available
+from ieadapt_interp.core.kernels import attention_entropy_reference, flash_attention_with_entropy, fused_available
 
 SHAPES = [
     # name, B, H, N, D, dtype

@@ -75,7 +75,7 @@ def _time(fn, reps: int) -> tuple[float, float]:
 
 def bench(name: str, reps: int) -> dict:
     from ieadapt_interp import attention_layers
-    from ieadapt_interp.interception import Interception
+    from ieadapt_interp.core.interception import Interception
 
     with torch.device("cuda"):  # initialise the random weights on the GPU (fast)
         pipe_like, step = {"animatediff": animatediff_case, "cogvideox": cogvideox_case}[name]("cuda")
@@ -85,10 +85,10 @@ def bench(name: str, reps: int) -> dict:
         ic = Interception(pipe_like, capture=self_attention, record_branches=("all",))
         with ic:
             traced_ms, traced_gib = _time(step, reps)
-        ic.records.clear()
+        ic.stats_calls.clear()
         with ic:
             step()
-        n_calls = len(ic.records)
+        n_calls = len(ic.stats_calls)
     result = {"model": name, "plain_ms": plain_ms, "traced_ms": traced_ms, "ratio": traced_ms / plain_ms,
               "plain_peak_gib": plain_gib, "traced_peak_gib": traced_gib, "memory_ratio": traced_gib / plain_gib,
               "layers_captured": len(self_attention), "calls_recorded_per_step": n_calls, "reps": reps}

@@ -2,7 +2,7 @@
 
 Perturbs the selected layers one at a time (and all temporal layers at once) with I and U over a few prompts
 and seeds, traces one prompt for entropy / energy, tests each finding with
-``ieadapt_interp.findings.check_findings`` and appends the table, with date, machine, versions and settings,
+``ieadapt_interp.analysis.findings.check_findings`` and appends the table, with date, machine, versions and settings,
 under ``## Findings check (issue 4)``.
 
     python benchmarks/findings.py                         # the embedded toy model, its default sampling
@@ -69,10 +69,10 @@ def main(argv=None) -> int:
     import torch
 
     from ieadapt_interp import findings
-    from ieadapt_interp.models import resolve_model
+    from ieadapt_interp.models.specs import resolve_model
 
     if args.model == "default":
-        from ieadapt_interp.toy import DEFAULT_SAMPLING, default_model_path, heldout_captions
+        from ieadapt_interp.models.toy import DEFAULT_SAMPLING, default_model_path, heldout_captions
 
         if not (default_model_path() / "model_index.json").is_file():
             print(

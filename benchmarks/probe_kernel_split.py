@@ -2,7 +2,7 @@
 
 Each config runs in its own subprocess (an illegal memory access poisons the CUDA context) and reports ok / the
 error, the max error against PyTorch SDPA and the median ms. Diagnostic for the workaround in
-``ieadapt_interp.kernels.flash_entropy._split_head_dim``; not used by the package.
+``ieadapt_interp.core.kernels.flash_entropy._split_head_dim``; not used by the package.
 
     python benchmarks/probe_kernel_split.py --out probe.json
 """
@@ -23,7 +23,7 @@ def run_one(shape, da, db, bm, bn, warps, stages) -> dict:
     import torch.nn.functional as F
 
     from bench_trace import _time
-    from ieadapt_interp.kernels import flash_entropy as fe
+    from ieadapt_interp.core.kernels import flash_entropy as fe
 
     cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
     fe._split_head_dim = lambda d: (da, db)

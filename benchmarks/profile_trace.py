@@ -29,7 +29,7 @@ def _median_ms(fn, reps: int = 20) -> float:
 def sdpa_shapes(pipe_like, step) -> dict[tuple, int]:
     """Distinct ``(B, H, Nq, Nk, D)`` of the self-attention SDPA calls of one step, with their counts."""
     from ieadapt_interp import attention_layers
-    from ieadapt_interp.interception import Interception
+    from ieadapt_interp.core.interception import Interception
 
     names = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
     ic = Interception(pipe_like, capture=names, record_branches=("all",))
@@ -49,8 +49,8 @@ def sdpa_shapes(pipe_like, step) -> dict[tuple, int]:
 
 def kernel_table(shapes: dict[tuple, int]) -> list[dict]:
     """Per shape: native SDPA, fused kernel, SDPA + PyTorch row entropy (ms, medians)."""
-    from ieadapt_interp.entropy import row_entropy
-    from ieadapt_interp.kernels import flash_attention_with_entropy
+    from ieadapt_interp.core.entropy import row_entropy
+    from ieadapt_interp.core.kernels import flash_attention_with_entropy
 
     rows = []
     for (b, h, nq, nk, d), count in shapes.items():
@@ -71,7 +71,7 @@ def kernel_table(shapes: dict[tuple, int]) -> list[dict]:
 def attribution(pipe_like, step, reps: int) -> dict:
     """Step time with nothing / spatial only / temporal only / both captured."""
     from ieadapt_interp import attention_layers
-    from ieadapt_interp.interception import Interception
+    from ieadapt_interp.core.interception import Interception
 
     table = attention_layers(pipe_like)
     out = {}
@@ -82,7 +82,7 @@ def attribution(pipe_like, step, reps: int) -> dict:
             ic = Interception(pipe_like, capture=names, record_branches=("all",))
             with ic:
                 out[f"{label}_ms"] = _time(step, reps)[0]
-            ic.records.clear()
+            ic.stats_calls.clear()
         ic = Interception(pipe_like, capture=[], record_branches=("all",))
         with ic:
             out["hooks_only_ms"] = _time(step, reps)[0]
@@ -92,7 +92,7 @@ def attribution(pipe_like, step, reps: int) -> dict:
 
 def profile(pipe_like, step) -> str:
     from ieadapt_interp import attention_layers
-    from ieadapt_interp.interception import Interception
+    from ieadapt_interp.core.interception import Interception
 
     names = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
     ic = Interception(pipe_like, capture=names, record_branches=("all",))

@@ -10,30 +10,41 @@ Video Diffusion Models).
 16
 """
 
-from . import accessor as _accessor  # noqa: F401  (registers ds.ieadapt)
-from .adapters import ADAPTERS, Adapter, attention_layers, get_adapter
-from .interception import AttendFrom, Interception
-from .maps import MapRequest
-from .models import resolve_model
-from .perturbation import Layers, Perturbation, identity, mix, scale, uniform
-from . import explorer, figures, findings, metrics, presets, video
-from .pipelines import load_pipeline, tiny_pipeline
-from .sweeps import open_sweep, sweep
-from .tracing import Result, generate, trace
-from .versions import show_versions
+# core: the attention call, its handlers, results
+from .core import accessor as _accessor  # noqa: F401  (registers ds.ieadapt)
+from .core.adapters import ADAPTERS, Adapter, attention_layers, get_adapter
+from .core.handlers import AttentionHandler, CallContext
+from .core.interception import Interception
+from .core.maps import MapRequest
+from .core.versions import show_versions
+
+# models: loaders, the embedded model
+from .models.pipelines import load_pipeline, tiny_pipeline
+from .models.specs import resolve_model
+
+# methods: perturbation, attending from another row, runs
+from .methods.attend_from import AttendFrom
+from .methods.perturbation import Layers, Perturbation, identity, mix, scale, uniform
+from .methods.tracing import Result, generate, trace
+
+# metrics, sweeps, analysis
+from . import metrics
+from .sweeps import open_sweep, presets, sweep
+from .analysis import explorer, figures, findings, video
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     if name == "traced":  # imports nnsight only when asked for
-        from .traced_model import traced
+        from .methods.traced_model import traced
 
         return traced
     raise AttributeError(f"module 'ieadapt_interp' has no attribute {name!r}")
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AttendFrom", "Interception", "Layers", "MapRequest", "Perturbation", "Result",
-    "attention_layers", "generate", "get_adapter", "identity", "load_pipeline", "mix", "scale",
-    "explorer", "figures", "findings", "metrics", "open_sweep", "presets", "resolve_model", "video", "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform",
+    "ADAPTERS", "Adapter", "AttendFrom", "AttentionHandler", "CallContext", "Interception", "Layers", "MapRequest",
+    "Perturbation", "Result", "attention_layers", "explorer", "figures", "findings", "generate", "get_adapter",
+    "identity", "load_pipeline", "metrics", "mix", "open_sweep", "presets", "resolve_model", "scale",
+    "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform", "video",
 ]

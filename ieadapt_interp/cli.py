@@ -51,7 +51,7 @@ listed metrics, and write each finished job to a zarr store. Re-running the same
 finished jobs are kept, the others computed. A store written by a different configuration is refused.
 
 Perturbation presets: single_layer, all_layers, entropy_split (needs a calibration run:
-`calibration_prompt`), up_down, per_block, multi_layer, lambda_sweep (see ieadapt_interp.presets). Metrics: see
+`calibration_prompt`), up_down, per_block, multi_layer, lambda_sweep (see ieadapt_interp.sweeps.presets). Metrics: see
 `python -c "import ieadapt_interp.metrics as m; print(sorted(m.METRICS))"`; learned metrics without local
 weights are stored as NaN with a reason.
 
@@ -63,7 +63,7 @@ REPORT_HELP = """\
 Read a sweep store and write, to --out (default: STORE-report/):
   summary.csv     one row per finished (prompt, seed, perturbation, metric), with missing reasons
   effect.csv      per perturbation and metric: mean value, baseline mean, change
-  *.png           per-layer figures (ieadapt_interp.figures when available, else bar charts of the change)
+  *.png           per-layer figures (ieadapt_interp.analysis.figures when available, else bar charts of the change)
 Works on a partial sweep too (only finished jobs are used).
 """
 
@@ -122,7 +122,7 @@ def model_spec(config: Mapping[str, Any]):
 
 def generation_settings(value: Any) -> dict[str, Any]:
     """``generation:`` as a preset name, a mapping, or a mapping with ``preset:`` plus overrides."""
-    from . import presets
+    from .sweeps import presets
 
     if value is None:
         return {}
@@ -136,7 +136,7 @@ def generation_settings(value: Any) -> dict[str, Any]:
 
 
 def _layers(value: Any):
-    from .perturbation import Layers, as_layers
+    from .methods.perturbation import Layers, as_layers
 
     if isinstance(value, Mapping):
         return Layers(**{k: v for k, v in value.items()})
@@ -150,8 +150,8 @@ def _layers(value: Any):
 
 def perturbations(entries: Sequence[Mapping[str, Any]], pipe_fn, config: Mapping[str, Any]) -> dict[str, Any]:
     """Expand the ``perturbations:`` list (presets and explicit entries) to ``{name: Perturbation}``."""
-    from . import presets
-    from .perturbation import Perturbation
+    from .sweeps import presets
+    from .methods.perturbation import Perturbation
 
     if not isinstance(entries, (list, tuple)) or not entries:
         raise ValueError(
@@ -282,7 +282,7 @@ def _figures(ds, metric: str) -> dict:
     """The figures a sweep supports: every perturbation; per layer (single-layer I / U); along λ (mixes)."""
     import numpy as np
 
-    from . import figures
+    from .analysis import figures
 
     made = {"perturbation_effect": figures.perturbation_effect(ds, metric)}
     single = (ds["index"] >= 0) & ds["replacement"].isin(["identity", "uniform"])

@@ -8,7 +8,7 @@ from conftest import ANIMATEDIFF_KW, COGVIDEOX_KW
 from reference import RecordSDPA, has_leftovers, per_frame, row_stats
 
 import ieadapt_interp as ia
-from ieadapt_interp.adapters import denoiser, layer_records
+from ieadapt_interp.core.adapters import denoiser, layer_records
 
 
 def _reference_calls(pipe, prompt, guidance, kw):
@@ -126,7 +126,7 @@ def test_layer_selection_captures_only_those(animatediff):
 @pytest.mark.parametrize("arch", ["animatediff", "cogvideox"])
 def test_entropy_is_computed_online_in_chunks(arch, request, monkeypatch):
     """A tiny chunk budget streams query rows (no full map) and gives the same numbers."""
-    from ieadapt_interp import entropy
+    from ieadapt_interp.core import entropy
 
     pipe = request.getfixturevalue(arch)
     kw = ANIMATEDIFF_KW if arch == "animatediff" else COGVIDEOX_KW
@@ -137,19 +137,22 @@ def test_entropy_is_computed_online_in_chunks(arch, request, monkeypatch):
     xr.testing.assert_allclose(full.entropy, chunked.entropy, rtol=1e-5)
 
 
-def test_row_selection_is_a_view_or_a_cached_index(animatediff):
+def test_row_selection_is_a_view_or_a_cached_index():
     """Consecutive denoiser rows select a slice (a view, no host→device copy); others one cached index."""
-    from ieadapt_interp.interception import Interception, _scatter, _select
+    from ieadapt_interp.core.handlers import CallContext, scatter, select
+    from ieadapt_interp.core.layouts import get_layout
 
-    ic = Interception(animatediff)
-    assert ic._elements([2, 3], 4, "cpu") == slice(8, 16)
-    index = ic._elements([0, 2], 4, "cpu")
+    q = torch.zeros(16, 1, 2, 4)
+    ctx = CallContext(None, 0, [("cond", i) for i in range(4)], 4, get_layout("frames_in_batch"), 4, 0,
+                      q, q, q, None, 0.5)
+    assert ctx.elements([2, 3]) == slice(8, 16)
+    index = ctx.elements([0, 2])
     assert index.tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
-    assert ic._elements([0, 2], 4, "cpu") is index  # built once per run
+    assert ctx.elements([0, 2]) is index  # built once per run
     x = torch.arange(16.0).view(16, 1)
-    view = _select(x, slice(8, 16))
+    view = select(x, slice(8, 16))
     assert view.data_ptr() == x[8].data_ptr()  # no copy
-    assert torch.equal(_select(x, index), x[index])
+    assert torch.equal(select(x, index), x[index])
     for sel in (slice(8, 16), index):
-        out = _scatter(x, sel, -_select(x, sel))
+        out = scatter(x, sel, -select(x, sel))
         assert torch.equal(out[sel], -x[sel]) and torch.equal(x, torch.arange(16.0).view(16, 1))

@@ -13,7 +13,7 @@ from matplotlib.container import BarContainer
 from matplotlib.patches import Rectangle
 
 from ieadapt_interp import explorer, figures, video
-from ieadapt_interp.models import resolve_model
+from ieadapt_interp.models.specs import resolve_model
 
 LAST_SPATIAL = "up_blocks.3.attentions.2.transformer_blocks.0.attn1"
 FIRST_TEMPORAL = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1"

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from ieadapt_interp.kernels import flash_attention_with_entropy, fused_available, triton_available
+from ieadapt_interp.core.kernels import flash_attention_with_entropy, fused_available, triton_available
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not (CUDA and triton_available()), reason="needs a CUDA device and triton")
@@ -82,7 +82,7 @@ def test_fused_available_rules():
 _INTERP_SCRIPT = textwrap.dedent(
     """
     import math, torch
-    from ieadapt_interp.kernels import flash_attention_with_entropy
+    from ieadapt_interp.core.kernels import flash_attention_with_entropy
     torch.manual_seed(0)
     worst_out = worst_ent = 0.0
     for B, H, Nq, Nk, D, dt in [(1, 2, 37, 53, 40, torch.float32), (2, 1, 20, 70, 80, torch.float16),
@@ -178,7 +178,7 @@ def test_fused_matches_reference(shape, dtype, contiguous):
 def test_fused_big_shape_vs_sdpa(dtype):
     """A size that goes through the autotuned path with several key blocks, compared with SDPA and the
     chunked fp32 two-pass entropy."""
-    from ieadapt_interp.kernels import attention_entropy_reference
+    from ieadapt_interp.core.kernels import attention_entropy_reference
 
     q, k, v = make_qkv(2, 4, 1500, 2100, 64, dtype, "cuda", contiguous=False)
     out, ent = flash_attention_with_entropy(q, k, v)

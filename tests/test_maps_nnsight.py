@@ -9,7 +9,7 @@ from conftest import ANIMATEDIFF_KW
 from reference import RecordSDPA, has_leftovers, softmax_map
 
 import ieadapt_interp as ia
-from ieadapt_interp.adapters import denoiser, layer_records
+from ieadapt_interp.core.adapters import denoiser, layer_records
 
 SPATIAL = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
 TEMPORAL = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1"

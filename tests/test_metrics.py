@@ -136,8 +136,8 @@ def test_bad_inputs_are_rejected_before_work(monkeypatch):
 
 def rendered(caption: str, seed: int = 0) -> np.ndarray:
     """One clip of the embedded model's training renderer, uint8 (F, H, W, 3)."""
-    from ieadapt_interp.toy.attributes import to_uint8_clip
-    from ieadapt_interp.toy.dataset import render_captions
+    from ieadapt_interp.models.toy.attributes import to_uint8_clip
+    from ieadapt_interp.models.toy.dataset import render_captions
 
     return to_uint8_clip(render_captions([caption], seed=seed)[0])
 

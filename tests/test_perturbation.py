@@ -7,8 +7,9 @@ from conftest import ANIMATEDIFF_KW, COGVIDEOX_KW
 from reference import RecordSDPA, has_leftovers, perturbed_output
 
 import ieadapt_interp as ia
-from ieadapt_interp.adapters import denoiser, layer_records
-from ieadapt_interp.interception import Assignment, Interception
+from ieadapt_interp.core.adapters import denoiser, layer_records
+from ieadapt_interp.core.interception import Interception
+from ieadapt_interp.methods.perturbation import PerturbationHandler
 
 SPATIAL = "down_blocks.1.attentions.0.transformer_blocks.0.attn1"
 TEMPORAL = "up_blocks.3.motion_modules.0.transformer_blocks.0.attn1"
@@ -20,7 +21,7 @@ def _one_forward(pipe, perturbation, layer):
     record = {r.name: r for r in layer_records(pipe)}[layer]
     outputs = []
     recorder = RecordSDPA(denoiser(pipe), {layer: record.module})
-    ic = Interception(pipe, assignments=[Assignment(perturbation)], hook_points=True)
+    ic = Interception(pipe, [PerturbationHandler(perturbation)], hook_points=True)
     with ic:
         handle = record.module.hook_output.register_forward_hook(lambda m, a, o: outputs.append(o.detach().clone()))
         try:
@@ -94,7 +95,7 @@ def test_identity_matches_diffusers_pag_processor(animatediff):
             pag = animatediff.unet(sample.repeat(2, 1, 1, 1, 1), t, encoder_hidden_states=text.repeat(2, 1, 1)).sample
     finally:
         module.set_processor(original)
-    with Interception(animatediff, assignments=[Assignment(ia.identity(SPATIAL))]), torch.no_grad():
+    with Interception(animatediff, [PerturbationHandler(ia.identity(SPATIAL))]), torch.no_grad():
         ours = animatediff.unet(sample, t, encoder_hidden_states=text).sample
     with torch.no_grad():
         plain = animatediff.unet(sample, t, encoder_hidden_states=text).sample

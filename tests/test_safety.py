@@ -7,7 +7,7 @@ from conftest import ANIMATEDIFF_KW
 from reference import has_leftovers
 
 import ieadapt_interp as ia
-from ieadapt_interp.adapters import denoiser
+from ieadapt_interp.core.adapters import denoiser
 
 SPATIAL = "down_blocks.1.attentions.0.transformer_blocks.0.attn1"
 

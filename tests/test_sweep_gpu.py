@@ -10,7 +10,7 @@ import torch
 import ieadapt_interp as ia
 from ieadapt_interp.sweeps import SweepConfig, open_sweep, sweep
 from ieadapt_interp.sweeps.engines import make_engine
-from ieadapt_interp.toy import heldout_captions
+from ieadapt_interp.models.toy import heldout_captions
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 

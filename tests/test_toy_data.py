@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ieadapt_interp.toy import attributes as A
-from ieadapt_interp.toy import dataset as D
+from ieadapt_interp.models.toy import attributes as A
+from ieadapt_interp.models.toy import dataset as D
 
 
 def test_grammar_roundtrip():

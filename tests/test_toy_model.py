@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ieadapt_interp.toy import DEFAULT_SAMPLING, build_toy_pipeline, default_model_path, load_toy_pipeline
-from ieadapt_interp.toy.dataset import heldout_captions
-from ieadapt_interp.toy.model import TINY_CONFIG, build_tokenizer
+from ieadapt_interp.models.toy import DEFAULT_SAMPLING, build_toy_pipeline, default_model_path, load_toy_pipeline
+from ieadapt_interp.models.toy.dataset import heldout_captions
+from ieadapt_interp.models.toy.model import TINY_CONFIG, build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,14 +38,14 @@ def test_build_pipeline_classes():
 
 
 def test_missing_model_error_says_how_to_retrain(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ieadapt_interp.toy.train"):
+    with pytest.raises(FileNotFoundError, match="ieadapt_interp.models.toy.train"):
         load_toy_pipeline(tmp_path / "nope")
 
 
 def test_train_tiny_end_to_end(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ieadapt_interp.toy.train", "--out", str(out), "--tiny", "--device", "cpu",
+    cmd = [sys.executable, "-m", "ieadapt_interp.models.toy.train", "--out", str(out), "--tiny", "--device", "cpu",
            "--samples", "1"]
     r = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -75,7 +75,7 @@ needs_shipped = pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file(),
 def test_shipped_model_size_and_offline_load():
     total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
     assert total <= 40 * 1024 * 1024
-    code = ("import torch; from ieadapt_interp.toy import load_toy_pipeline; p = load_toy_pipeline(); "
+    code = ("import torch; from ieadapt_interp.models.toy import load_toy_pipeline; p = load_toy_pipeline(); "
             "assert p.unet.dtype == torch.float32 and not p.unet.training; print('ok')")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=120)
@@ -84,7 +84,7 @@ def test_shipped_model_size_and_offline_load():
 
 @needs_shipped
 def test_shipped_model_follows_heldout_captions():
-    from ieadapt_interp.toy.evaluate import evaluate_toy_model
+    from ieadapt_interp.models.toy.evaluate import evaluate_toy_model
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     pipe = load_toy_pipeline()

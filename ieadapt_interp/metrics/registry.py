@@ -10,7 +10,11 @@ from typing import Literal
 
 import numpy as np
 
-from . import attributes, clip, motion, structure, vbench
+from . import attributes
+from . import clip
+from . import motion
+from . import structure
+from . import vbench
 from .video import check_pair, check_video
 from .weights import MissingWeightsError
 
@@ -119,7 +123,7 @@ def _entries() -> list[Metric]:
                 fn,
                 ("video", "prompt"),
                 True,
-                f"embedded toy model: {what} matches the caption (1) or not (0); ieadapt_interp.toy.attributes",
+                f"embedded toy model: {what} matches the caption (1) or not (0); ieadapt_interp.models.toy.attributes",
                 check_prompt=attributes.check_caption,
             )
             for name, fn, what in (
@@ -133,7 +137,7 @@ def _entries() -> list[Metric]:
             attributes.connectedness,
             ("video",),
             True,
-            "embedded toy model: fraction of frames with exactly one foreground blob; ieadapt_interp.toy.attributes",
+            "embedded toy model: fraction of frames with exactly one foreground blob; ieadapt_interp.models.toy.attributes",
         ),
         Metric(
             "clip_score",

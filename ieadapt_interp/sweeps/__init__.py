@@ -11,7 +11,7 @@ Modules, one concept each:
 * :mod:`.run` — :func:`sweep` and :func:`open_sweep`.
 
 >>> import ieadapt_interp as ia
->>> from ieadapt_interp import presets
+>>> from ieadapt_interp.sweeps import presets
 >>> from ieadapt_interp.sweeps import sweep
 >>> pipe = ia.tiny_pipeline("animatediff")
 >>> ds = sweep(pipe, ["a red circle"], presets.single_layer(pipe, kinds=("spatial",)),

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..perturbation import Perturbation
+from ..methods.perturbation import Perturbation
 from .models import ModelSpec, model_key
 
 BASELINE = "baseline"

@@ -63,7 +63,7 @@ def pipeline_fingerprint(pipe) -> str:
     """``Class (source) #hash`` where ``hash`` digests the denoiser's parameter shapes and a few values."""
     import torch
 
-    from ..adapters import denoiser
+    from ..core.adapters import denoiser
 
     net = denoiser(pipe)
     digest = hashlib.sha256()
@@ -96,7 +96,7 @@ def build_pipeline(model: ModelSpec, device: str | None = None, cache: bool = Tr
 
 
 def _build(model: ModelSpec, device: str | None):
-    from .. import pipelines
+    from ..models import pipelines
 
     arch = _tiny_arch(model)
     if arch is not None:

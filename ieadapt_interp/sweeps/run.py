@@ -70,7 +70,7 @@ def sweep(
         Non-empty list of distinct prompts.
     perturbations
         A list of :class:`~ieadapt_interp.Perturbation` (or of lists applied together), or a dict
-        ``{name: perturbation}``; :mod:`ieadapt_interp.presets` builds the paper's sets.
+        ``{name: perturbation}``; :mod:`ieadapt_interp.sweeps.presets` builds the paper's sets.
     seeds
         Default: ``generation["seed"]`` if present, else ``(0,)``.
     metrics
@@ -90,7 +90,7 @@ def sweep(
     generation
         :func:`ieadapt_interp.generate` settings: ``num_frames``, ``num_inference_steps``,
         ``guidance_scale``, ``height``, ``width``, ``negative_prompt``, ``branch``, and ``scheduler``
-        (e.g. ``"euler"``); :data:`ieadapt_interp.presets.PAPER_ANIMATEDIFF` and friends.
+        (e.g. ``"euler"``); :data:`ieadapt_interp.sweeps.presets.PAPER_ANIMATEDIFF` and friends.
     progress
         Show a tqdm progress bar with ETA.
 

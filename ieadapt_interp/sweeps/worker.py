@@ -143,14 +143,14 @@ class Worker:
 
     def layer_table(self):
         """:func:`ieadapt_interp.attention_layers` of the held pipeline (a DataFrame)."""
-        from ..adapters import attention_layers
+        from ..core.adapters import attention_layers
 
         return attention_layers(self.pipe)
 
     def describe(self, variants: Sequence[Sequence[dict]]) -> list[dict]:
         """Check the metrics (:meth:`check_metrics`) and resolve every variant's layers (KeyError /
         ValueError for unknown ones) → one coordinate record per variant."""
-        from ..perturbation import Perturbation
+        from ..methods.perturbation import Perturbation
 
         self.check_metrics()
 
@@ -180,7 +180,7 @@ class Worker:
     def check_metrics(self) -> None:
         """Compute every metric once on a black video of the sweep's size; raise (before any work) if one
         cannot take such videos (e.g. ``lpips`` needs ≥ 32×32 px). Missing weights are fine (recorded later)."""
-        from ..adapters import get_adapter
+        from ..core.adapters import get_adapter
         from ..metrics import compute_metrics
 
         default_h, default_w = get_adapter(self.pipe).default_size(self.pipe)
@@ -210,8 +210,8 @@ class Worker:
     def run(self, task: Task) -> list[JobResult]:
         """Run one task → one :class:`JobResult` per job, in ``task.perturbations`` order."""
         from ..metrics import compute_metrics
-        from ..perturbation import Perturbation
-        from ..tracing import generate
+        from ..methods.perturbation import Perturbation
+        from ..methods.tracing import generate
 
         start = time.perf_counter()
         kwargs = dict(self.generation, seed=task.seed)

@@ -10,7 +10,7 @@ Three layers of functions:
 * :func:`check_findings` (pure, on those two) and :func:`run_findings_check` (generates them) →
   a DataFrame ``(id, finding, measure, effect, holds, detail)``; :func:`findings_markdown` renders it.
 
-Sweep-shaped Dataset (also what :mod:`ieadapt_interp.figures` reads): dims ``(prompt, seed,
+Sweep-shaped Dataset (also what :mod:`ieadapt_interp.analysis.figures` reads): dims ``(prompt, seed,
 perturbation, metric)``, variable ``value``; coordinates along ``perturbation``: ``layer`` (module path;
 for a group its members' paths joined by ``;``), ``kind``, ``block``, ``index`` (−1 for the baseline and groups), ``replacement``
 (``"none"`` marks the unperturbed baseline), ``lam``.
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .perturbation import Layers, Perturbation
+from ..methods.perturbation import Layers, Perturbation
 
 #: Metrics the findings check reads (all weight-free).
 FINDINGS_METRICS: tuple[str, ...] = ("ssim", "temporal_ssim", "dynamic_degree")
@@ -509,12 +509,12 @@ def findings_perturbations(
     """What :func:`check_findings` needs: every layer of ``kinds`` alone and all temporal layers at once, × I, U,
     plus all temporal layers ← ``mix(λ)`` for ``lams`` (the I↔U curve of finding 3d).
 
-    :func:`ieadapt_interp.presets.single_layer` (restricted to the module paths ``layers`` when given),
-    :func:`ieadapt_interp.presets.all_layers` and :func:`ieadapt_interp.presets.lambda_sweep` for the temporal
+    :func:`ieadapt_interp.sweeps.presets.single_layer` (restricted to the module paths ``layers`` when given),
+    :func:`ieadapt_interp.sweeps.presets.all_layers` and :func:`ieadapt_interp.sweeps.presets.lambda_sweep` for the temporal
     kind (when the model has one); names ``spatial.16:identity``, ``temporal.all:uniform``,
     ``temporal.all:mix(0.5)``, …
     """
-    from .presets import all_layers, lambda_sweep, layer_table, single_layer
+    from ..sweeps.presets import all_layers, lambda_sweep, layer_table, single_layer
 
     table = layer_table(pipe)
     perturbations = single_layer(table, kinds, replacements, names=layers)
@@ -608,8 +608,8 @@ def run_findings_check(
     >>> checks, table, stats = run_findings_check(pipe, ["a red circle moving left"],
     ...                                           store="runs/findings.zarr", num_inference_steps=10)  # doctest: +SKIP
     """
-    from .sweeps import sweep
-    from .sweeps.store import SweepStore
+    from ..sweeps import sweep
+    from ..sweeps.store import SweepStore
 
     table = sweep(
         pipe,
@@ -668,7 +668,7 @@ def findings_markdown(
 
 def run_context(pipe=None, **settings) -> dict[str, str]:
     """Date, machine and versions (for benchmark tables)."""
-    from .versions import versions_string
+    from ..core.versions import versions_string
 
     context = {
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),

@@ -6,7 +6,7 @@ flash attention: with ``m = max_j s_j``, ``l = Σ_j e^{s_j - m}``, ``t = Σ_j e^
     H = m + log l - t / l           (nats; H(I) = 0, H(U) = log N)
 
 in fp32, streaming over blocks of query rows so that at most ``chunk_bytes`` of scores exist at
-once. On CUDA, the fused Triton kernel (:mod:`ieadapt_interp.kernels`) returns the attention output
+once. On CUDA, the fused Triton kernel (:mod:`ieadapt_interp.core.kernels`) returns the attention output
 and the entropy in one pass.
 
 Energy (paper Eq. 2) is ``E(X) = ‖X‖²_F``; per query row ``i`` we keep ``‖(AV)_i‖²`` (``energy``),

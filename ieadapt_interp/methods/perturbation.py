@@ -22,93 +22,19 @@ True
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
-import pandas as pd
 import torch
+
+from ..core.entropy import value_mean
+from ..core.handlers import AttentionHandler, CallContext, scatter, select
+from ..core.layers import KINDS, Layers, LayerSpec, as_layers  # noqa: F401  (re-exported)
 
 Replacement = Literal["identity", "uniform", "mix", "scale"]
 Branch = Literal["both", "cond", "uncond"]
 REPLACEMENTS: tuple[str, ...] = ("identity", "uniform", "mix", "scale")
 BRANCHES: tuple[str, ...] = ("both", "cond", "uncond")
-KINDS: tuple[str, ...] = ("spatial", "temporal", "cross", "joint")
-
-
-@dataclass(frozen=True)
-class Layers:
-    """A selection of attention layers, resolved against :func:`attention_layers`.
-
-    Every given criterion must hold (``names`` OR-ed within, criteria AND-ed across). ``indices``
-    count from 1 within each kind; negative ones from the end (``-1`` = the last layer of its kind).
-
-    >>> Layers(kinds=("temporal",), indices=(1, 2)).describe()
-    'kinds=temporal indices=1,2'
-    """
-
-    names: tuple[str, ...] | None = None
-    kinds: tuple[str, ...] | None = None
-    blocks: tuple[str, ...] | None = None
-    indices: tuple[int, ...] | None = None
-    where: Callable[[pd.Series], bool] | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        for attr in ("names", "kinds", "blocks", "indices"):
-            value = getattr(self, attr)
-            if isinstance(value, (str, int)):
-                object.__setattr__(self, attr, (value,))
-            elif value is not None:
-                object.__setattr__(self, attr, tuple(value))
-        bad = set(self.kinds or ()) - set(KINDS)
-        if bad:
-            raise ValueError(f"Unknown layer kind(s) {sorted(bad)}; choose from {list(KINDS)}.")
-
-    def describe(self) -> str:
-        parts = [f"{a}={','.join(map(str, getattr(self, a)))}" for a in ("names", "kinds", "blocks", "indices")
-                 if getattr(self, a) is not None]
-        return " ".join(parts + (["where=<predicate>"] if self.where else [])) or "all"
-
-    def resolve(self, table: pd.DataFrame) -> list[str]:
-        """Layer names selected in ``table`` (an :func:`attention_layers` frame); errors if none."""
-        if self.names is not None:
-            _check_names(self.names, list(table["name"]))
-        keep = pd.Series(True, index=table.index)
-        for column, values in (("name", self.names), ("kind", self.kinds), ("block", self.blocks)):
-            if values is not None:
-                keep &= table[column].isin(values)
-        if self.indices is not None:  # negative indices count from the last layer of each kind
-            count = table.groupby("kind")["index"].transform("max")
-            keep &= table["index"].isin(self.indices) | (table["index"] - count - 1).isin(self.indices)
-        if self.where is not None:
-            keep &= table.apply(self.where, axis=1).astype(bool)
-        if not keep.any():
-            raise ValueError(f"Layer selection [{self.describe()}] matches no attention layer of this model; "
-                             f"see ieadapt_interp.attention_layers(pipe) for names, kinds, blocks and indices.")
-        return list(table.loc[keep, "name"])
-
-
-def _check_names(names: Sequence[str], valid: list[str]) -> None:
-    for name in names:
-        if name not in valid:
-            close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
-            hint = f" Closest valid names: {close}." if close else ""
-            raise KeyError(f"Unknown attention layer {name!r}.{hint} "
-                           f"List them with ieadapt_interp.attention_layers(pipe).")
-
-
-LayerSpec = Union[str, Sequence[str], Layers, Callable[[pd.Series], bool]]
-
-
-def as_layers(spec: LayerSpec) -> Layers:
-    """Normalise a layer spec: a name, a kind (``"temporal"``), a list of names, a predicate, or Layers."""
-    if isinstance(spec, Layers):
-        return spec
-    if isinstance(spec, str):
-        return Layers(kinds=(spec,)) if spec in KINDS else Layers(names=(spec,))
-    if callable(spec):
-        return Layers(where=spec)
-    return Layers(names=tuple(spec))
 
 
 @dataclass(frozen=True)
@@ -234,3 +160,57 @@ def replace_output(
     if replacement == "mix":
         return lam * v.float() + (1.0 - lam) * mean_v
     return lam * out.float() + (1.0 - lam) * mean_v
+
+
+class PerturbationHandler(AttentionHandler):
+    """Applies one :class:`Perturbation` at the attention call, in closed form, to the rows it selects.
+
+    Rows: by default those in the perturbation's CFG ``branch`` (rows labelled ``"all"`` count as
+    every branch) and, if given, ``samples``. ``rows=`` replaces that rule with a predicate on the
+    row label ``(branch, sample)`` — e.g. guidance's extra ``("neg", 0)`` row. The step range always holds.
+
+    >>> from ieadapt_interp import tiny_pipeline, attention_layers
+    >>> h = PerturbationHandler(identity("temporal"), name="p0")
+    >>> len(h.layers(attention_layers(tiny_pipeline())))
+    20
+    """
+
+    def __init__(self, perturbation: Perturbation, samples: frozenset[int] | None = None,
+                 rows: Callable[[str, int], bool] | None = None, name: str = "perturbation") -> None:
+        self.perturbation = perturbation
+        self.samples = samples
+        self.row_filter = rows
+        self.name = name
+
+    def layers(self, table) -> set[str]:
+        return set(self.perturbation.layers.resolve(table))
+
+    def applies(self, branch: str, sample: int, step: int) -> bool:
+        """Whether the row labelled ``(branch, sample)`` is perturbed at ``step``."""
+        p = self.perturbation
+        if self.row_filter is not None:
+            return p.active(step, "both") and self.row_filter(branch, sample)
+        in_branch = p.active(step, branch) or (branch == "all" and p.active(step, "both"))
+        return in_branch and (self.samples is None or sample in self.samples)
+
+    def after(self, ctx: CallContext) -> None:
+        rows = ctx.rows_where(lambda b, s: self.applies(b, s, ctx.step))
+        if not rows:
+            return
+        p = self.perturbation
+        if p.replacement in ("identity", "mix") and not ctx.square:
+            raise ValueError(f"{ctx.layer.name} is cross-attention ({ctx.query.shape[-2]} queries, "
+                             f"{ctx.key.shape[-2]} keys): '{p.replacement}' needs a square map; use uniform or scale.")
+        sel = ctx.elements(rows)
+        v = select(ctx.value, sel)
+        mask = ctx.attn_mask
+        if mask is not None and mask.shape[0] == ctx.value.shape[0]:
+            mask = select(mask, sel)
+        new = replace_output(select(ctx.out, sel), v, value_mean(v, mask), p.replacement, p.lam)
+        ctx.out = scatter(ctx.out, sel, new.to(ctx.out.dtype))
+
+
+def perturbation_handlers(specs: Sequence[tuple[Perturbation, ...]], per_sample: bool) -> list[PerturbationHandler]:
+    """Handlers for ``generate``'s ``perturb=`` (one spec, every sample) or ``variants=`` (spec ``i`` → sample ``i``)."""
+    return [PerturbationHandler(p, frozenset({i}) if per_sample else None, name=f"perturbation[{i}.{j}]")
+            for i, spec in enumerate(specs) for j, p in enumerate(spec)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .dataset import VOCAB_WORDS
+from ...models.toy.dataset import VOCAB_WORDS
 
 #: The sampler settings the package uses by default for the toy model.
 DEFAULT_SAMPLING: dict = {
@@ -177,7 +177,7 @@ def default_model_path() -> Path:
     env = os.environ.get("IEADAPT_TOY_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "data" / "toy_t2v"
+    return Path(__file__).resolve().parents[3] / "data" / "toy_t2v"
 
 
 def load_toy_pipeline(path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -189,7 +189,7 @@ def load_toy_pipeline(path: str | Path | None = None, device: str | torch.device
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"no toy text-to-video pipeline at {path} (model_index.json missing). The shipped model lives in "
-            "data/toy_t2v of the repository; retrain it with `python -m ieadapt_interp.toy.train --out DIR "
+            "data/toy_t2v of the repository; retrain it with `python -m ieadapt_interp.models.toy.train --out DIR "
             "--device cuda` (see data/toy_t2v/README.md) and pass path=DIR/pipeline or set IEADAPT_TOY_MODEL."
         )
     with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype to dtype; older ones lack dtype

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .perturbation import Layers, LayerSpec, Perturbation, as_layers, identity, mix, uniform
+from ..methods.perturbation import Layers, LayerSpec, Perturbation, as_layers, identity, mix, uniform
 
 #: AnimateDiff (Realistic Vision 5.1 + motion adapter v1-5-3), paper Sec. 5: fp16, Euler, 512².
 PAPER_ANIMATEDIFF: dict[str, Any] = {
@@ -81,7 +81,7 @@ def layer_table(pipe_or_table) -> pd.DataFrame:
     """:func:`ieadapt_interp.attention_layers` of a pipeline; a table given instead is returned as is."""
     if isinstance(pipe_or_table, pd.DataFrame):
         return pipe_or_table
-    from .adapters import attention_layers
+    from ..core.adapters import attention_layers
 
     return attention_layers(pipe_or_table)
 
@@ -177,7 +177,7 @@ def layer_entropy(stats) -> pd.Series:
 
 def calibration_stats(pipe, prompt: str, **generation: Any):
     """Attention statistics of one unperturbed run (for :func:`entropy_split`); ``generation`` → ``trace``."""
-    from .tracing import trace
+    from ..methods.tracing import trace
 
     generation = dict(generation)
     generation.pop("scheduler", None)

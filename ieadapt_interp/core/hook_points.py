@@ -1,7 +1,7 @@
 """Identity modules attached to attention layers, so nnsight (or torch hooks) can read and set
 what flows through them.
 
-Each attention layer ``L`` gets, while an :class:`~ieadapt_interp.interception.Interception` with
+Each attention layer ``L`` gets, while an :class:`~ieadapt_interp.core.interception.Interception` with
 ``hook_points=True`` is active (e.g. inside :func:`ieadapt_interp.traced`):
 
 * ``L.hook_entropy``  — ``[B', head, query]`` fp32 entropy of each softmax row (nats);
@@ -10,7 +10,7 @@ Each attention layer ``L`` gets, while an :class:`~ieadapt_interp.interception.I
 * ``L.hook_map``      — ``[B', head, query_bin, key_bin]`` the pooled map, only for layers whose
   maps were requested.
 
-``B'`` is the batch of the scaled-dot-product call (see :mod:`ieadapt_interp.adapters` layouts).
+``B'`` is the batch of the scaled-dot-product call (see :mod:`ieadapt_interp.core.adapters` layouts).
 
 >>> import torch
 >>> HookPoint()(torch.ones(2)).tolist()

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .adapters import get_adapter, layer_records
-from .capture import maps_tree, stats_dataset
-from .interception import Assignment, AttendFrom, Interception
-from .maps import MapRequest
-from .perturbation import LayerSpec, PerturbSpec, as_layers, as_perturbations
-from .versions import versions_string
+from ..core.adapters import attention_layers, get_adapter, layer_records
+from ..core.stats import maps_tree, stats_dataset
+from ..core.interception import Interception
+from ..core.maps import MapRequest
+from .attend_from import AttendFrom, AttendFromHandler
+from .perturbation import LayerSpec, PerturbSpec, as_layers, as_perturbations, perturbation_handlers
+from ..core.versions import versions_string
 
 BranchChoice = Literal["cond", "uncond", "both"]
 
@@ -147,16 +148,14 @@ def generate(
     specs = [as_perturbations(v) for v in variants] if variants is not None else [as_perturbations(perturb)]
     if not specs:
         raise ValueError("variants= is empty: give at least one perturbation spec (None = unperturbed).")
-    assignments = [Assignment(p, None if variants is None else frozenset({i}))
-                   for i, spec in enumerate(specs) for p in spec]
+    handlers = [*[AttendFromHandler(a, name=f"attend_from[{i}]") for i, a in enumerate(attend_from)],
+                *perturbation_handlers(specs, per_sample=variants is not None)]
     records = layer_records(pipe)
     if capture is True:
         capture_names = [r.name for r in records]
     elif capture is False or capture is None:
         capture_names = []
     else:
-        from .adapters import attention_layers
-
         capture_names = as_layers(capture).resolve(attention_layers(pipe))
     cfg = guidance_scale > 1.0
     if branch != "cond" and not cfg:
@@ -165,14 +164,17 @@ def generate(
     adapter = get_adapter(pipe)
     height, width = (height or adapter.default_size(pipe)[0]), (width or adapter.default_size(pipe)[1])
     n = len(specs)
-    interception = Interception(pipe, capture=capture_names, record_branches=record_branches,
-                                assignments=assignments, attend_from=attend_from, maps=maps, embeddings={})
+    table = attention_layers(pipe)
+    for handler in handlers:  # bad layer selections fail here, before any work
+        handler.layers(table)
     progress_config = dict(getattr(pipe, "_progress_bar_config", {}))
     try:
         pipe.set_progress_bar_config(**{**progress_config, "disable": not progress})
         with torch.no_grad():
             cond, uncond = _encode(pipe, prompt, negative_prompt, cfg)
-            interception.embeddings = {"cond": cond, **({"uncond": uncond} if uncond is not None else {})}
+            interception = Interception(
+                pipe, handlers, capture=capture_names, record_branches=record_branches, maps=maps,
+                embeddings={"cond": cond, **({"uncond": uncond} if uncond is not None else {})})
             noise = _noise(pipe, seed, num_frames, height, width, cond.dtype)
             latents = noise.repeat(n, *([1] * (noise.ndim - 1)))
             call = dict(prompt_embeds=cond.repeat(n, 1, 1), num_frames=num_frames, height=height, width=width,
@@ -187,9 +189,9 @@ def generate(
     videos = _to_uint8(output.frames)
     attrs = _attrs(pipe, prompt, negative_prompt, seed, num_frames, num_inference_steps, guidance_scale,
                    height, width, branch, specs)
-    stats = (stats_dataset(interception.records, records, interception.state.timesteps, attrs)
+    stats = (stats_dataset(interception.stats_calls, records, interception.state.timesteps, attrs)
              if capture_names else None)
-    tree = maps_tree(interception.map_records, records, attrs) if maps is not None else None
+    tree = maps_tree(interception.maps, records, attrs) if maps is not None else None
     return Result(videos=videos, stats=stats, maps=tree)
 
 

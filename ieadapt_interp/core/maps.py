@@ -1,6 +1,6 @@
 """Materialised attention maps — only on request, pooled, under a memory budget.
 
-The default path never builds a map (:mod:`ieadapt_interp.entropy`). A :class:`MapRequest` names
+The default path never builds a map (:mod:`ieadapt_interp.core.entropy`). A :class:`MapRequest` names
 layers, steps and heads; their softmax maps are built one block of query rows at a time, average-
 pooled along keys as they stream and then along queries, so only ``[query, key_bin]`` per element
 ever exists. Results come back as an ``xr.DataTree`` with one node per layer:
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .entropy import _mask_rows, _scores
-from .perturbation import LayerSpec, Layers, as_layers
+from .layers import LayerSpec, Layers, as_layers
 
 _UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-from .dataset import BACKGROUNDS, COLOURS, DIRECTIONS, MOTIONS, SHAPES, parse_caption
+from ...models.toy.dataset import BACKGROUNDS, COLOURS, DIRECTIONS, MOTIONS, SHAPES, parse_caption
 
 #: minimum colour distance (0-255 RGB) from the background for a pixel to be foreground
 FG_THRESHOLD = 60.0

@@ -4,12 +4,12 @@
 ``DEFAULT_SAMPLING`` holds the sampler settings the package uses with it.
 """
 
-from .dataset import heldout_captions, make_caption, parse_caption, render_captions
-from .model import DEFAULT_SAMPLING, build_toy_pipeline, default_model_path, load_toy_pipeline
+from ...models.toy.dataset import heldout_captions, make_caption, parse_caption, render_captions
+from ...models.toy.model import DEFAULT_SAMPLING, build_toy_pipeline, default_model_path, load_toy_pipeline
 
 
 def evaluate_toy_model(pipe, captions=None, seed: int = 0, **kw):
-    from .evaluate import evaluate_toy_model as _ev
+    from ...models.toy.evaluate import evaluate_toy_model as _ev
 
     return _ev(pipe, captions, seed=seed, **kw)
 

@@ -87,6 +87,12 @@ class Adapter:
     latent_shape: Callable[[object, int, int, int], tuple[int, ...]] = lambda pipe, f, h, w: ()
     default_size: Callable[[object], tuple[int, int]] = lambda pipe: (512, 512)
     call_defaults: Callable[[object], dict] = lambda pipe: {}
+    temporal_patch: Callable[[torch.nn.Module], int] = lambda denoiser: 1
+
+    def token_frames(self, denoiser: torch.nn.Module, latent_frames: int) -> int:
+        """Token frames of ``latent_frames`` latent frames (one token frame per ``temporal_patch`` latents)."""
+        patch = max(1, int(self.temporal_patch(denoiser) or 1))
+        return -(-int(latent_frames) // patch)
 
     def kind_of(self, path: str) -> Kind | None:
         for rule in self.rules:
@@ -183,6 +189,7 @@ COGVIDEOX = Adapter(
     latent_shape=_cog_latents,
     default_size=_cog_size,
     call_defaults=_cog_defaults,
+    temporal_patch=lambda transformer: getattr(transformer.config, "patch_size_t", None) or 1,
 )
 
 ADAPTERS: tuple[Adapter, ...] = (ANIMATEDIFF, COGVIDEOX)
@@ -203,7 +210,7 @@ def get_adapter(pipe) -> Adapter:
     supported = ", ".join(f"{a.name} ({'/'.join(a.denoiser_classes)})" for a in ADAPTERS)
     raise TypeError(
         f"Unsupported architecture: {type(pipe).__name__} with denoiser {found or 'none'}. "
-        f"Supported: {supported}. A new architecture needs one Adapter entry in ieadapt_interp/adapters.py."
+        f"Supported: {supported}. A new architecture needs one Adapter entry in ieadapt_interp/core/adapters.py."
     )
 
 

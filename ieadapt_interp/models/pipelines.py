@@ -219,7 +219,7 @@ def load_pipeline(
     >>> pipe = load_pipeline("~/models/CogVideoX-5b")   # doctest: +SKIP
     """
     if model is None:
-        from .toy import load_toy_pipeline
+        from ..models.toy import load_toy_pipeline
 
         pipe = load_toy_pipeline(device=device or "cpu", dtype=dtype or torch.float32)
         pipe.set_progress_bar_config(disable=True)

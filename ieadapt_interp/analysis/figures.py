@@ -15,7 +15,7 @@ function              shows                                                   pa
 ====================  ======================================================  ======================
 
 Inputs: a sweep-shaped Dataset ``value[prompt, seed, perturbation, metric]`` (see
-:mod:`ieadapt_interp.findings`), a traced run's ``stats`` ``(step, layer, head, frame)``, its ``maps``
+:mod:`ieadapt_interp.analysis.findings`), a traced run's ``stats`` ``(step, layer, head, frame)``, its ``maps``
 DataTree, or videos ``[frame, H, W, 3]``. Every figure carries the plotted numbers as ``fig.data`` (a
 DataFrame or array) so they can be checked or exported. Figures are built without pyplot (no global
 state); Jupyter displays a returned figure, :func:`save_figure` writes it.
@@ -231,7 +231,7 @@ def lambda_effect(
 
     ``mix(λ)`` puts ``λI + (1−λ)U`` in the map (λ = 0 is U, 1 is I); ``scale(λ)`` puts ``λA + (1−λ)U``. A line
     joins the perturbations of one replacement on one set of layers (the perturbation name before its last
-    ``:``, as :func:`ieadapt_interp.presets.lambda_sweep` names them); markers are means over prompts × seeds,
+    ``:``, as :func:`ieadapt_interp.sweeps.presets.lambda_sweep` names them); markers are means over prompts × seeds,
     bands ±1 std. ``fig.data``: DataFrame ``group, replacement, lam, mean, std``.
     """
     check_sweep(ds)
@@ -240,7 +240,7 @@ def lambda_effect(
     if summary.empty:
         raise ValueError(
             f"the sweep has no {list(replacements)} perturbations with a λ; add e.g. "
-            "ieadapt_interp.presets.lambda_sweep('temporal') to its perturbations."
+            "ieadapt_interp.sweeps.presets.lambda_sweep('temporal') to its perturbations."
         )
     summary = summary.assign(group=[p.rsplit(":", 1)[0] for p in summary["perturbation"]])
     summary = summary.sort_values(["group", "replacement", "lam"])[["group", "replacement", "lam", "mean", "std"]]
@@ -270,7 +270,7 @@ def entropy_by_layer(
 
     Left: one bar per layer in forward order (mean over steps, heads and frames; whiskers ±1 std; a
     layer with a single key, e.g. a 1×1 bottleneck, has no defined percentage and shows no bar);
-    right: box per kind over its layers. ``fig.data``: :func:`~ieadapt_interp.findings.layer_means`.
+    right: box per kind over its layers. ``fig.data``: :func:`~ieadapt_interp.analysis.findings.layer_means`.
     """
     table = layer_means(stats, var)
     kinds = _kinds_present(table["kind"].unique(), kinds)
@@ -323,7 +323,7 @@ def energy_bounds(
 
     Per kind: mean (over steps, heads, frames) of the three energies on a log axis; layers where any
     ``(step, head, frame)`` cell violates ``E(UV) ≤ E(AV) ≤ E(IV)`` are marked with their count, and the
-    panel title gives the total. ``fig.data``: :func:`~ieadapt_interp.findings.energy_bound_violations`
+    panel title gives the total. ``fig.data``: :func:`~ieadapt_interp.analysis.findings.energy_bound_violations`
     joined with the mean energies (columns ``E_AV, E_IV, E_UV``).
     """
     st = video_stats(stats)

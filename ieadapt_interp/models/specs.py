@@ -30,7 +30,7 @@ def resolve_model(name: str | os.PathLike = "default", **load_kwargs):
     ``load_kwargs`` go to :func:`ieadapt_interp.load_pipeline` (``device=``, ``dtype=``,
     ``motion_adapter=``). Raises ``ValueError`` for a name that is neither known nor a folder.
     """
-    from .pipelines import load_pipeline, tiny_pipeline
+    from ..models.pipelines import load_pipeline, tiny_pipeline
 
     text = str(name)
     if text == "default":
@@ -50,7 +50,7 @@ def resolve_model(name: str | os.PathLike = "default", **load_kwargs):
     if index.is_file() and "motion_adapter" not in load_kwargs:
         unet = json.loads(index.read_text()).get("unet", [None, None])
         if isinstance(unet, list) and unet[-1] == "UNetMotionModel":
-            from .toy import load_toy_pipeline
+            from ..models.toy import load_toy_pipeline
 
             return load_toy_pipeline(
                 folder, **{k: v for k, v in load_kwargs.items() if k in ("device", "dtype")}

@@ -87,7 +87,7 @@ def static_views(
 
 def last_layer(pipe, kind: str = "spatial") -> str:
     """Name of the last layer of ``kind`` in forward order (the paper's most sensitive spatial layer)."""
-    from .adapters import attention_layers
+    from ..core.adapters import attention_layers
 
     table = attention_layers(pipe)
     names = table.loc[table["kind"] == kind, "name"]
@@ -117,9 +117,9 @@ def compare_run(
     H, W, 3]`` (original first); ``stats`` and ``maps`` (pooled to ``map_size²``, layers of ``map_kinds`` or
     the layer spec ``map_layers``, ``map_steps`` or all; none when both are ``None``) describe the original. ``generation`` goes to :func:`ieadapt_interp.trace`.
     """
-    from .maps import MapRequest
-    from .perturbation import Layers, Perturbation
-    from .tracing import trace
+    from ..core.maps import MapRequest
+    from ..methods.perturbation import Layers, Perturbation
+    from ..methods.tracing import trace
 
     layer = layer or last_layer(pipe, kind)
     variants = [None] + [Perturbation(Layers(names=(layer,)), rep) for rep in replacements]

@@ -1,6 +1,6 @@
 """Fused GPU kernels (Triton). Importing this package never needs CUDA or triton; check ``fused_available``."""
 
-from ieadapt_interp.kernels.flash_entropy import (
+from .flash_entropy import (
     attention_entropy_reference,
     flash_attention_with_entropy,
     fused_available,

@@ -1,6 +1,6 @@
 """Judge the toy model with the attribute checks.
 
-    python -m ieadapt_interp.toy.evaluate [--path DIR] [--seed 0] [--guidance-scale G] [--out results.csv]
+    python -m ieadapt_interp.models.toy.evaluate [--path DIR] [--seed 0] [--guidance-scale G] [--out results.csv]
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .attributes import check_clip
-from .dataset import heldout_captions
-from .model import DEFAULT_SAMPLING, load_toy_pipeline
+from ...models.toy.attributes import check_clip
+from ...models.toy.dataset import heldout_captions
+from ...models.toy.model import DEFAULT_SAMPLING, load_toy_pipeline
 
 
 @torch.no_grad()

@@ -22,9 +22,9 @@ from typing import Any
 
 from nnsight.modeling.diffusion import DiffusionModel, _PipelineModule
 
-from . import hook_points
-from .adapters import layer_records
-from .interception import Interception
+from ..core import hook_points
+from ..core.adapters import layer_records
+from ..core.interception import Interception
 from .tracing import _check_frames, _check_prompt
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import xarray as xr
 
 from .adapters import AttentionLayer
-from .interception import CallRecord
+from .handlers import LayerStats
+from .layouts import get_layout
 
 STAT_VARS = ("entropy", "energy", "energy_identity", "energy_uniform")
 _DOCS = {
@@ -31,7 +32,7 @@ _DOCS = {
 
 
 def stats_dataset(
-    records: Iterable[CallRecord], layers: list[AttentionLayer], timesteps: list[float], attrs: dict
+    records: Iterable[LayerStats], layers: list[AttentionLayer], timesteps: list[float], attrs: dict
 ) -> xr.Dataset:
     """Assemble call records into a Dataset ``[step, layer, (branch, sample,) head, frame]``."""
     records = list(records)
@@ -99,12 +100,7 @@ def maps_tree(map_records: dict, layers: list[AttentionLayer], attrs: dict) -> x
         steps = [step for step, _, _ in entries]
         rows = entries[0][1]
         arrays = np.stack([t.numpy() for _, _, t in entries])  # [step, row, ...]
-        if layout == "frames_in_batch":
-            dims = ("step", "row", "head", "frame", "query_bin", "key_bin")
-        elif layout == "frames_in_sequence":
-            dims = ("step", "row", "head", "query_frame", "key_frame")
-        else:
-            dims = ("step", "row", "head", "query_bin", "key_bin")
+        dims = ("step", "row", *get_layout(layout).map_dims)
         da = xr.DataArray(arrays, dims=dims, coords={"step": steps, "row": [f"{b}:{s}" for b, s in rows]})
         if len(rows) == 1:
             da = da.isel(row=0, drop=True)

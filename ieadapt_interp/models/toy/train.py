@@ -1,6 +1,6 @@
 """Train the embedded toy text-to-video model from scratch.
 
-    python -m ieadapt_interp.toy.train --out DIR [--resume DIR] [--steps N] [--device cuda] [--tiny]
+    python -m ieadapt_interp.models.toy.train --out DIR [--resume DIR] [--steps N] [--device cuda] [--tiny]
 
 Phase 1 trains the VAE on single frames, phase 2 the UNetMotionModel and the CLIP text encoder together
 (v-prediction on a zero-terminal-SNR schedule, EMA, 10 % caption dropout for classifier-free guidance, bf16
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import dataset as ds
-from .model import DEFAULT_CONFIG, DEFAULT_SAMPLING, TINY_CONFIG, _build_components, _eval
+from ...models.toy import dataset as ds
+from ...models.toy.model import DEFAULT_CONFIG, DEFAULT_SAMPLING, TINY_CONFIG, _build_components, _eval
 
 SHARD_BYTES = 14 * 1024 * 1024
 
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         caps = ds.heldout_captions()[:: max(1, len(ds.heldout_captions()) // args.samples)][: args.samples]
         sample_strip(pipe, caps, out / f"samples_{tr.step:06d}.png", **samp)
     if args.eval:
-        from .evaluate import evaluate_toy_model, summarize
+        from ...models.toy.evaluate import evaluate_toy_model, summarize
 
         for g in args.eval_guidance or [DEFAULT_SAMPLING["guidance_scale"]]:
             df = evaluate_toy_model(pipe, ds.heldout_captions(), seed=0, batch_size=65, guidance_scale=g, **samp)

@@ -1,0 +1,304 @@
+"""The interception point: the lifecycle around the scaled-dot-product call of each attention layer.
+
+An :class:`Interception` installs, for the duration of a ``with`` block,
+
+* a forward pre-hook on the denoiser that counts denoising steps (by timestep), reads the number of
+  latent frames and labels each batch row with its CFG branch and sample (by matching the text
+  embeddings of that row against the ones the caller encoded — no assumption about the CFG batch
+  order; a caller that builds the batch itself may label the rows with :meth:`Interception.label_next`);
+* forward pre/post hooks on the attention modules its handlers need that mark which layer is running
+  and, only while it runs, a ``TorchFunctionMode`` that turns each ``F.scaled_dot_product_attention``
+  call — after the model's own projections, QK-norm, RoPE and text/video concatenation, so every
+  processor is reused as is — into a :class:`~ieadapt_interp.core.handlers.CallContext` for the
+  :mod:`handlers <ieadapt_interp.core.handlers>`;
+* optionally :mod:`hook points <ieadapt_interp.core.hook_points>` for nnsight.
+
+Everything is removed in ``__exit__``, also when an exception escapes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from . import hook_points
+from .adapters import AttentionLayer, attention_layers, get_adapter, layer_records
+from .entropy import sdpa_with_entropy
+from .handlers import (AttentionHandler, CallContext, HookPointHandler, LayerStats, MapRecorder, RowLabel,
+                       StatsRecorder)
+from .layouts import get_layout
+from .maps import MapRequest
+
+_SDPA = F.scaled_dot_product_attention
+
+
+class _SDPAMode(TorchFunctionMode):
+    def __init__(self, handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is _SDPA:
+            return self.handler(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _bind(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """Name a module call's arguments by its class's ``forward`` signature (wrappers may hide it)."""
+    try:
+        bound = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs)
+    except TypeError:
+        return dict(kwargs)
+    return dict(bound.arguments)
+
+
+@dataclass
+class _RunState:
+    step: int = -1
+    last_timestep: float | None = None
+    timesteps: list[float] = field(default_factory=list)
+    rows: list[RowLabel] = field(default_factory=list)
+    num_frames: int = 1
+    layer: AttentionLayer | None = None
+    text_len: int = 0
+    calls_in_layer: int = 0
+    mode: _SDPAMode | None = None
+
+
+
+class Interception:
+    """Run ``handlers`` at every attention call of ``pipe`` inside a ``with`` block.
+
+    Parameters
+    ----------
+    pipe
+        A supported diffusers pipeline (see :func:`ieadapt_interp.attention_layers`).
+    handlers
+        :class:`~ieadapt_interp.core.handlers.AttentionHandler` objects, run in this order (names unique);
+        e.g. a :class:`~ieadapt_interp.methods.perturbation.PerturbationHandler`.
+    capture
+        Layer names whose statistics a :class:`~ieadapt_interp.core.handlers.StatsRecorder` records
+        (:attr:`stats_calls`).
+    record_branches
+        CFG branches whose rows are recorded (stats and maps): ``("cond",)`` (default), ``("uncond",)`` or both.
+    maps
+        Optional :class:`~ieadapt_interp.core.maps.MapRequest` (a :class:`~ieadapt_interp.core.handlers.MapRecorder`).
+    embeddings
+        ``{"cond": [b, T, C], "uncond": [b, T, C]}`` text embeddings used to label batch rows.
+        Without them every row is labelled ``("all", row)``.
+    hook_points
+        Route every attention layer through identity hook points (for nnsight) while active.
+    keep_hook_points
+        The hook points are already attached by the caller, who also removes them.
+
+    The core handlers run after the given ones: hook points, then the stats and map recorders.
+
+    Example
+    -------
+    >>> from ieadapt_interp import tiny_pipeline, attention_layers
+    >>> pipe = tiny_pipeline()
+    >>> with Interception(pipe, capture=list(attention_layers(pipe).name)) as ic:
+    ...     _ = pipe("a red circle", num_frames=4, height=16, width=16, num_inference_steps=1)
+    >>> len(ic.stats_calls) > 0
+    True
+    """
+
+    def __init__(
+        self,
+        pipe,
+        handlers: Iterable[AttentionHandler] = (),
+        *,
+        capture: Iterable[str] = (),
+        record_branches: tuple[str, ...] = ("cond",),
+        maps: MapRequest | None = None,
+        embeddings: dict[str, torch.Tensor] | None = None,
+        hook_points: bool = False,
+        keep_hook_points: bool = False,
+    ) -> None:
+        self.pipe = pipe
+        self.adapter = get_adapter(pipe)
+        self.denoiser = getattr(pipe, self.adapter.denoiser_attr)
+        self.layers = layer_records(pipe)
+        self.by_module = {id(r.module): r for r in self.layers}
+        self.embeddings = dict(embeddings or {})
+        self.hook_points = hook_points
+        self.keep_hook_points = keep_hook_points  # installed and removed by the owner (nnsight wrapper)
+        self.registry: dict[str, AttentionHandler] = {}
+        for handler in handlers:
+            self.add(handler)
+        if hook_points:
+            self.add(HookPointHandler(r.name for r in self.layers))
+        self.stats_recorder = StatsRecorder(capture, record_branches) if capture else None
+        if self.stats_recorder is not None:
+            self.add(self.stats_recorder)
+        self.map_recorder = None
+        if maps is not None:
+            def steps() -> int:
+                return int(getattr(pipe.scheduler, "num_inference_steps", 1) or 1)
+
+            self.map_recorder = MapRecorder(maps, maps.resolved.resolve(attention_layers(pipe)), steps,
+                                            record_branches, hook_points)
+            self.add(self.map_recorder)
+        self._label_next: list[RowLabel] | None = None
+        self._handles: list = []
+        self._index_cache: dict = {}
+        self.state = _RunState()
+
+    def add(self, handler: AttentionHandler) -> AttentionHandler:
+        """Register ``handler`` (after the ones already registered); a duplicate name is an error."""
+        if handler.name in self.registry:
+            raise ValueError(f"A handler named {handler.name!r} is already registered on this interception; "
+                             "give each handler a unique name.")
+        self.registry[handler.name] = handler
+        return handler
+
+    @property
+    def stats_calls(self) -> list[LayerStats]:
+        """What the stats recorder recorded, one :class:`LayerStats` per (call, layer)."""
+        return self.stats_recorder.calls if self.stats_recorder is not None else []
+
+    @property
+    def maps(self) -> dict:
+        """What the map recorder kept: ``{layer: [(step, rows, pooled)]}``."""
+        return self.map_recorder.maps if self.map_recorder is not None else {}
+
+    def label_next(self, rows: list[RowLabel]) -> None:
+        """Label the rows of the next denoiser call explicitly (a caller that builds the batch itself)."""
+        self._label_next = list(rows)
+
+    # -- install / remove --------------------------------------------------------------------
+    def _handlers_by_layer(self) -> dict[str, list[AttentionHandler]]:
+        table = attention_layers(self.pipe)
+        wanted: dict[str, list[AttentionHandler]] = {}
+        for handler in self.registry.values():
+            for name in handler.layers(table):
+                wanted.setdefault(name, []).append(handler)
+        return wanted
+
+    def __enter__(self) -> "Interception":
+        self._by_layer = self._handlers_by_layer()
+        for handler in self.registry.values():
+            handler.reset()
+        self.state = _RunState()
+        try:
+            self._handles.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
+            if self.hook_points and not self.keep_hook_points:
+                hook_points.install([r.module for r in self.layers])
+            for record in self.layers:
+                if record.name in self._by_layer:
+                    self._handles.append(record.module.register_forward_pre_hook(self._on_enter, with_kwargs=True))
+                    self._handles.append(record.module.register_forward_hook(self._on_exit, always_call=True))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        self._leave_mode()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self.hook_points and not self.keep_hook_points:
+            hook_points.remove([r.module for r in self.layers])
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _on_denoiser(self, module, args, kwargs):
+        bound = _bind(module, args, kwargs)
+        sample = bound.get(self.adapter.sample_arg)
+        timestep = bound.get(self.adapter.timestep_arg)
+        text = bound.get(self.adapter.text_arg)
+        t = float(torch.as_tensor(timestep).flatten()[0]) if timestep is not None else float(self.state.step + 1)
+        if self.state.last_timestep is None or t != self.state.last_timestep:
+            self.state.step += 1
+            self.state.timesteps.append(t)
+            self.state.last_timestep = t
+        self.state.num_frames = self.adapter.token_frames(self.denoiser, int(sample.shape[self.adapter.frame_axis]))
+        if self._label_next is not None:
+            if len(self._label_next) != int(sample.shape[0]):
+                raise RuntimeError(f"label_next gave {len(self._label_next)} labels for a batch of "
+                                   f"{int(sample.shape[0])} rows.")
+            self.state.rows, self._label_next = self._label_next, None
+        else:
+            self.state.rows = self._label_rows(text, int(sample.shape[0]))
+
+    def _label_rows(self, text: torch.Tensor | None, n_rows: int) -> list[RowLabel]:
+        if text is None or not self.embeddings:
+            return [("all", i) for i in range(n_rows)]
+        counts = {"cond": 0, "uncond": 0}
+        rows = []
+        stride = max(1, text.shape[0] // n_rows)  # some pipelines repeat the text rows per frame
+        for i in range(n_rows):
+            label = "unknown"
+            row_text = text[i * stride]
+            for branch in ("cond", "uncond"):
+                ref = self.embeddings.get(branch)
+                if ref is not None and any(torch.equal(row_text.to(r.device, r.dtype), r) for r in ref):
+                    label = branch
+                    break
+            if label == "unknown":
+                rows.append(("unknown", i))
+                continue
+            rows.append((label, counts[label]))
+            counts[label] += 1
+        return rows
+
+    def _on_enter(self, module, args, kwargs):
+        self.state.layer = self.by_module[id(module)]
+        self.state.calls_in_layer = 0
+        text = _bind(module, args, kwargs).get("encoder_hidden_states")
+        layout = get_layout(self.state.layer.layout)
+        self.state.text_len = int(text.shape[1]) if (text is not None and layout.has_text) else 0
+        self._leave_mode()
+        self.state.mode = _SDPAMode(self._on_sdpa)
+        self.state.mode.__enter__()
+
+    def _on_exit(self, module, args, output):
+        layer = self.state.layer
+        self._leave_mode()
+        self.state.layer = None
+        if layer is not None and self.state.calls_in_layer == 0:
+            raise RuntimeError(
+                f"Attention layer {layer.name} ran without calling F.scaled_dot_product_attention, so it cannot "
+                f"be observed or perturbed (processor {type(module.processor).__name__}). Use a PyTorch-SDPA "
+                f"processor, e.g. pipe.{self.adapter.denoiser_attr}.set_default_attn_processor() or "
+                f"AttnProcessor2_0()."
+            )
+        return output
+
+    def _leave_mode(self) -> None:
+        if self.state.mode is not None:
+            mode, self.state.mode = self.state.mode, None
+            mode.__exit__(None, None, None)
+
+    # -- the attention call ----------------------------------------------------------------
+    def _on_sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **extra):
+        layer, st = self.state.layer, self.state
+        st.calls_in_layer += 1
+        n_rows = len(st.rows) or query.shape[0]
+        if query.shape[0] % n_rows:
+            raise RuntimeError(f"{layer.name}: attention batch {query.shape[0]} is not a multiple of the "
+                               f"denoiser batch {n_rows}; the adapter's layout does not fit this model.")
+        ctx = CallContext(layer, st.step, st.rows or [("all", i) for i in range(n_rows)], query.shape[0] // n_rows,
+                          get_layout(layer.layout), st.num_frames, st.text_len, query, key, value, attn_mask,
+                          query.shape[-1] ** -0.5 if scale is None else scale, _index_cache=self._index_cache)
+        handlers = self._by_layer.get(layer.name, ())
+        for handler in handlers:
+            handler.before(ctx)
+        kwargs = dict(dropout_p=dropout_p, is_causal=is_causal, **extra)
+        if any(handler.wants_entropy(ctx) for handler in handlers):
+            ctx.out, ctx.entropy = sdpa_with_entropy(ctx.query, ctx.key, ctx.value, ctx.attn_mask, ctx.scale,
+                                                     sdpa=_SDPA, **kwargs)
+        else:
+            ctx.out = _SDPA(ctx.query, ctx.key, ctx.value, attn_mask=ctx.attn_mask, scale=ctx.scale, **kwargs)
+        for handler in handlers:
+            handler.after(ctx)
+        return ctx.out
