@@ -13,6 +13,7 @@ Video Diffusion Models).
 # core: the attention call, its handlers, results
 from .core import accessor as _accessor  # noqa: F401  (registers ds.ieadapt)
 from .core.adapters import ADAPTERS, Adapter, attention_layers, get_adapter
+from .core.errors import IEAdaptError
 from .core.handlers import AttentionHandler, CallContext
 from .core.interception import Interception
 from .core.maps import MapRequest
@@ -43,7 +44,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ieadapt_interp' has no attribute {name!r}")
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AttendFrom", "AttentionHandler", "CallContext", "Interception", "Layers", "MapRequest",
+    "ADAPTERS", "Adapter", "AttendFrom", "AttentionHandler", "CallContext", "IEAdaptError", "Interception",
+    "Layers", "MapRequest",
     "Perturbation", "Result", "attention_layers", "explorer", "figures", "findings", "generate", "get_adapter",
     "identity", "load_pipeline", "metrics", "mix", "open_sweep", "presets", "resolve_model", "scale",
     "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform", "video",

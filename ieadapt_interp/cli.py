@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from .core.errors import IEAdaptError, IEAdaptFileNotFoundError, IEAdaptTypeError, IEAdaptValueError
 
 EXAMPLE_YAML = """\
 # ieadapt sweep example — every spatial and temporal layer of the embedded toy model × {I, U}
@@ -91,20 +92,23 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise IEAdaptFileNotFoundError(
             f"config file {str(path)!r} not found; `ieadapt sweep --help` shows an example."
         )
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise IEAdaptValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from error
     if not isinstance(data, Mapping):
-        raise TypeError(
+        raise IEAdaptTypeError(
             f"{path}: the top level must be a mapping (model:, prompts:, …); see `ieadapt sweep --help`."
         )
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(CONFIG_KEYS)}.")
+        raise IEAdaptValueError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(CONFIG_KEYS)}.")
     for key in ("prompts", "perturbations", "store"):
         if key not in data:
-            raise ValueError(
+            raise IEAdaptValueError(
                 f"{path}: missing required key {key!r}; see `ieadapt sweep --help` for an example."
             )
     return dict(data)
@@ -129,7 +133,7 @@ def generation_settings(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return presets.generation(value)
     if not isinstance(value, Mapping):
-        raise TypeError(f"generation must be a preset name or a mapping; got {value!r}.")
+        raise IEAdaptTypeError(f"generation must be a preset name or a mapping; got {value!r}.")
     value = dict(value)
     name = value.pop("preset", None)
     return presets.generation(name, **value) if name else value
@@ -139,13 +143,27 @@ def _layers(value: Any):
     from .methods.perturbation import Layers, as_layers
 
     if isinstance(value, Mapping):
-        return Layers(**{k: v for k, v in value.items()})
+        unknown = sorted(set(value) - {"names", "kinds", "blocks", "indices"})
+        if unknown:
+            raise IEAdaptValueError(f"layers: unknown key(s) {unknown}; use names, kinds, blocks, indices.")
+        return Layers(**dict(value))
     if isinstance(value, (str, list, tuple)):
         return as_layers(value)
-    raise ValueError(
+    raise IEAdaptValueError(
         f"layers must be a kind, a layer name, a list of names or a mapping "
         f"(names/kinds/blocks/indices); got {value!r}."
     )
+
+
+def _check_options(fn, entry: Mapping[str, Any], where: str) -> None:
+    """Raise one clear error when ``entry`` names an option ``fn`` does not take."""
+    import inspect
+
+    known = set(inspect.signature(fn).parameters) - {"pipe", "stats"}
+    known |= {"calibration_prompt"} if {"stats"} & set(inspect.signature(fn).parameters) else set()
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise IEAdaptValueError(f"{where}: unknown option(s) {unknown}; it takes {sorted(known)}.")
 
 
 def perturbations(entries: Sequence[Mapping[str, Any]], pipe_fn, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,7 +172,7 @@ def perturbations(entries: Sequence[Mapping[str, Any]], pipe_fn, config: Mapping
     from .methods.perturbation import Perturbation
 
     if not isinstance(entries, (list, tuple)) or not entries:
-        raise ValueError(
+        raise IEAdaptValueError(
             "perturbations must be a non-empty list of entries (each a `preset:` or an explicit "
             "`layers:` + `replacement:`); see `ieadapt sweep --help`."
         )
@@ -164,10 +182,11 @@ def perturbations(entries: Sequence[Mapping[str, Any]], pipe_fn, config: Mapping
         if "preset" in entry:
             name = entry.pop("preset")
             if name not in presets.PRESETS:
-                raise ValueError(
+                raise IEAdaptValueError(
                     f"perturbations[{i}]: unknown preset {name!r}; choose one of {sorted(presets.PRESETS)}."
                 )
             fn = presets.PRESETS[name]
+            _check_options(fn, entry, f"perturbations[{i}] (preset {name})")
             if name == "lambda_sweep":
                 made = fn(_layers(entry.pop("layers", "temporal")), **entry)
             elif name in ("entropy_split", "multi_layer"):
@@ -181,7 +200,7 @@ def perturbations(entries: Sequence[Mapping[str, Any]], pipe_fn, config: Mapping
                 made = fn(pipe_fn(), **entry)
         else:
             if "layers" not in entry or "replacement" not in entry:
-                raise ValueError(
+                raise IEAdaptValueError(
                     f"perturbations[{i}] needs `preset:` or both `layers:` and `replacement:`; got "
                     f"{sorted(entry)}."
                 )
@@ -197,7 +216,7 @@ def perturbations(entries: Sequence[Mapping[str, Any]], pipe_fn, config: Mapping
             made = {name or f"custom{i}:{p.label}": p}
         clash = sorted(set(made) & set(out))
         if clash:
-            raise ValueError(f"perturbations[{i}] repeats names already defined: {clash[:5]}.")
+            raise IEAdaptValueError(f"perturbations[{i}] repeats names already defined: {clash[:5]}.")
         out.update(made)
     return out
 
@@ -380,9 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         else:
             report(args.store, args.out)
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"ieadapt {args.command}: error: {message}", file=sys.stderr)
+    except IEAdaptError as error:  # a user error: one line; anything else keeps its traceback
+        print(f"ieadapt {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from .core.errors import IEAdaptFileNotFoundError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -29,7 +30,7 @@ HEADLESS: dict[str, dict] = {
 def notebook_paths(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     """The repository's notebooks in order (``00_…``, ``01_…``)."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"No notebooks folder at {folder}; run from a clone of the repository.")
+        raise IEAdaptFileNotFoundError(f"No notebooks folder at {folder}; run from a clone of the repository.")
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
 

@@ -26,6 +26,7 @@ import xarray as xr
 from . import figures
 from .findings import video_stats
 from .video import side_by_side, upscale
+from ..core.errors import IEAdaptValueError
 
 MEAN = -1  #: slider value meaning "average over this dimension"
 
@@ -35,7 +36,7 @@ def _labels(videos: np.ndarray, labels: Sequence[str] | None) -> list[str]:
         return ["original"] + [f"variant {i}" for i in range(1, len(videos))]
     labels = list(labels)
     if len(labels) != len(videos):
-        raise ValueError(
+        raise IEAdaptValueError(
             f"{len(labels)} labels for {len(videos)} videos (Result.videos has one per variant)."
         )
     return labels
@@ -46,7 +47,7 @@ def _default_layer(stats: xr.Dataset, maps: xr.DataTree | None, kinds: Sequence[
         return next(iter(maps.children))
     names = [n for n, k in zip(stats["layer"].values, stats["kind"].values) if kinds is None or k in kinds]
     if not names:
-        raise ValueError(f"No layers of kind {list(kinds) if kinds else 'any'} in the run's stats.")
+        raise IEAdaptValueError(f"No layers of kind {list(kinds) if kinds else 'any'} in the run's stats.")
     return str(names[0])
 
 
@@ -67,7 +68,7 @@ def static_views(
     step, ``layer`` to the first layer with a materialised map; ``head`` / ``frame`` ``None`` = mean.
     """
     if result.stats is None:
-        raise ValueError("The run has no statistics: use ieadapt_interp.trace (or generate(capture=True)).")
+        raise IEAdaptValueError("The run has no statistics: use ieadapt_interp.trace (or generate(capture=True)).")
     stats = video_stats(result.stats)
     step = int(stats["step"].values[-1]) if step is None else step
     layer = layer or _default_layer(stats, result.maps, kinds)
@@ -92,7 +93,7 @@ def last_layer(pipe, kind: str = "spatial") -> str:
     table = attention_layers(pipe)
     names = table.loc[table["kind"] == kind, "name"]
     if names.empty:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"The model has no {kind} attention layer; kinds present: {sorted(set(table['kind']))}."
         )
     return str(names.iloc[-1])
@@ -174,7 +175,7 @@ class Explorer:
         import ipywidgets as w
 
         if result.stats is None:
-            raise ValueError(
+            raise IEAdaptValueError(
                 "The run has no statistics: use ieadapt_interp.trace (or generate(capture=True))."
             )
         self.result = result

@@ -46,6 +46,7 @@ from .findings import (
     perturbation_summary,
     video_stats,
 )
+from ..core.errors import IEAdaptKeyError, IEAdaptValueError
 
 #: Colours per attention kind and per replacement (consistent across figures).
 KIND_COLORS = {"spatial": "#1f77b4", "temporal": "#d62728", "cross": "#7f7f7f", "joint": "#9467bd"}
@@ -73,7 +74,7 @@ def _kinds_present(kinds_available: Sequence[str], wanted: Sequence[str] | None)
     if wanted is not None:
         order = [k for k in order if k in wanted]
     if not order:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"No layers of kind {list(wanted) if wanted else 'any'} in the data "
             f"(it has {sorted(set(kinds_available))})."
         )
@@ -167,7 +168,7 @@ def layer_boxplots(
     df, relative = _change_frame(ds, metric)
     df = df[(df["kind"] == kind) & df["replacement"].isin(list(replacements))]
     if df.empty:
-        raise ValueError(f"No single-layer {list(replacements)} perturbations of kind {kind!r} in the sweep.")
+        raise IEAdaptValueError(f"No single-layer {list(replacements)} perturbations of kind {kind!r} in the sweep.")
     indices = sorted(df["index"].unique())
     present = [r for r in replacements if (df["replacement"] == r).any()]
     fig = Figure(
@@ -238,7 +239,7 @@ def lambda_effect(
     summary, relative = perturbation_summary(ds, metric)
     summary = summary[summary["replacement"].isin(list(replacements)) & np.isfinite(summary["lam"])]
     if summary.empty:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"the sweep has no {list(replacements)} perturbations with a λ; add e.g. "
             "ieadapt_interp.sweeps.presets.lambda_sweep('temporal') to its perturbations."
         )
@@ -387,13 +388,13 @@ def video_strip(
 
     items = [check_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
     if not items:
-        raise ValueError("video_strip needs at least one video.")
+        raise IEAdaptValueError("video_strip needs at least one video.")
     n_frames = items[0].shape[0]
     if any(v.shape[0] != n_frames for v in items):
-        raise ValueError(f"all videos must have the same frame count; got {[v.shape[0] for v in items]}.")
+        raise IEAdaptValueError(f"all videos must have the same frame count; got {[v.shape[0] for v in items]}.")
     labels = list(labels) if labels is not None else [f"video {i}" for i in range(len(items))]
     if len(labels) != len(items):
-        raise ValueError(f"{len(labels)} labels for {len(items)} videos.")
+        raise IEAdaptValueError(f"{len(labels)} labels for {len(items)} videos.")
     if frames is None:
         frames = np.unique(
             np.linspace(0, n_frames - 1, min(max_frames, n_frames)).round().astype(int)
@@ -422,12 +423,12 @@ def _select_stat(
 ) -> xr.DataArray:
     st = video_stats(stats)
     if var not in st:
-        raise KeyError(f"stats lacks {var!r}; it has {sorted(st.data_vars)}.")
+        raise IEAdaptKeyError(f"stats lacks {var!r}; it has {sorted(st.data_vars)}.")
     da = st[var]
     if kinds is not None:
         da = da.isel(layer=np.asarray(st["kind"].isin(list(kinds))))
         if da.sizes["layer"] == 0:
-            raise ValueError(f"No layers of kind {list(kinds)} in the stats.")
+            raise IEAdaptValueError(f"No layers of kind {list(kinds)} in the stats.")
     if head is not None:
         da = da.sel(head=head)
     if frame is not None and "frame" in da.dims:
@@ -513,11 +514,11 @@ def attention_map(
     ``fig.data``: the 2-D array shown.
     """
     if maps is None:
-        raise ValueError(
+        raise IEAdaptValueError(
             "No maps: trace with maps=ieadapt_interp.MapRequest(layers=...) to materialise them."
         )
     if layer not in maps.children:
-        raise KeyError(
+        raise IEAdaptKeyError(
             f"Layer {layer!r} has no materialised map; layers with maps: {list(maps.children)[:6]}"
             f"{' …' if len(maps.children) > 6 else ''}."
         )
@@ -531,12 +532,12 @@ def attention_map(
             else next((r for r in rows if r.endswith(f":{sample}")), None)
         )
         if pick is None:
-            raise KeyError(f"sample {sample} not in the maps' rows {rows}.")
+            raise IEAdaptKeyError(f"sample {sample} not in the maps' rows {rows}.")
         da = da.sel(row=pick, drop=True)
     elif "sample" in da.dims:
         da = da.isel(sample=sample)
     if step not in da["step"].values:
-        raise KeyError(f"step {step} not materialised for {layer}; steps: {list(da['step'].values)}.")
+        raise IEAdaptKeyError(f"step {step} not materialised for {layer}; steps: {list(da['step'].values)}.")
     da = da.sel(step=step)
     da = da.mean("head") if head is None else da.isel(head=head)
     if "frame" in da.dims:

@@ -36,6 +36,7 @@ import pandas as pd
 import xarray as xr
 
 from ..methods.perturbation import Layers, Perturbation
+from ..core.errors import IEAdaptKeyError, IEAdaptTypeError, IEAdaptValueError
 
 #: Metrics the findings check reads (all weight-free).
 FINDINGS_METRICS: tuple[str, ...] = ("ssim", "temporal_ssim", "dynamic_degree")
@@ -49,7 +50,7 @@ TEMPORAL_GROUP = "temporal.all"
 def video_stats(stats: xr.Dataset, sample: int = 0, branch: str | None = None) -> xr.Dataset:
     """``stats`` reduced to ``(step, layer, head, frame)``: picks one ``sample`` / ``branch`` when present."""
     if not isinstance(stats, xr.Dataset):
-        raise TypeError(
+        raise IEAdaptTypeError(
             f"expected the stats Dataset of a traced run (Result.stats); got {type(stats).__name__}."
         )
     if "sample" in stats.dims:
@@ -58,14 +59,14 @@ def video_stats(stats: xr.Dataset, sample: int = 0, branch: str | None = None) -
         stats = stats.sel(branch=branch) if branch is not None else stats.isel(branch=0)
     missing = {"step", "layer"} - set(stats.dims)
     if missing:
-        raise ValueError(f"stats lacks dims {sorted(missing)}; expected (step, layer, head, frame).")
+        raise IEAdaptValueError(f"stats lacks dims {sorted(missing)}; expected (step, layer, head, frame).")
     return stats
 
 
 def _need(stats: xr.Dataset, *names: str) -> None:
     missing = [n for n in names if n not in stats]
     if missing:
-        raise KeyError(
+        raise IEAdaptKeyError(
             f"stats lacks variable(s) {missing}; it has {sorted(stats.data_vars)}. "
             "Use the Dataset returned by ieadapt_interp.trace(...).stats."
         )
@@ -145,7 +146,7 @@ def entropy_share(stats: xr.Dataset, kind: str = "temporal", threshold: float = 
     stats = video_stats(stats)
     _need(stats, "entropy_pct")
     if "kind" not in stats.coords:
-        raise KeyError("stats has no 'kind' coordinate on layer; use ieadapt_interp.trace(...).stats.")
+        raise IEAdaptKeyError("stats has no 'kind' coordinate on layer; use ieadapt_interp.trace(...).stats.")
     sel = stats["entropy_pct"].isel(layer=np.asarray(stats["kind"] == kind))
     if sel.sizes["layer"] == 0:
         return float("nan")
@@ -160,12 +161,12 @@ def entropy_share(stats: xr.Dataset, kind: str = "temporal", threshold: float = 
 def check_sweep(ds: xr.Dataset) -> None:
     """Raise a clear error unless ``ds`` is sweep-shaped (module docstring)."""
     if not isinstance(ds, xr.Dataset) or "value" not in ds:
-        raise TypeError(
+        raise IEAdaptTypeError(
             "expected a sweep Dataset with a 'value' variable over (prompt, seed, perturbation, metric)."
         )
     missing = [c for c in ("replacement", "layer", "kind") if c not in ds.coords]
     if missing or "perturbation" not in ds["value"].dims or "metric" not in ds["value"].dims:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"sweep Dataset lacks {missing or 'dims perturbation/metric'}; perturbation coordinates "
             "must carry layer, kind, index, replacement (and 'none' for the baseline)."
         )
@@ -179,7 +180,7 @@ def metric_change(ds: xr.Dataset, metric: str) -> xr.DataArray:
     """
     check_sweep(ds)
     if metric not in ds["metric"].values:
-        raise KeyError(f"metric {metric!r} not in the sweep; it has {list(ds['metric'].values)}.")
+        raise IEAdaptKeyError(f"metric {metric!r} not in the sweep; it has {list(ds['metric'].values)}.")
     value = ds["value"].sel(metric=metric, drop=True)
     is_base = ds["replacement"] == "none"
     if not bool(is_base.any()):
@@ -549,9 +550,9 @@ def bootstrap_intervals(
     >>> intervals.loc["3a", ["ci_low", "ci_high"]]                  # doctest: +SKIP
     """
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1); got {level}.")
+        raise IEAdaptValueError(f"level must be in (0, 1); got {level}.")
     if n_boot < 1:
-        raise ValueError(f"n_boot must be ≥ 1; got {n_boot}.")
+        raise IEAdaptValueError(f"n_boot must be ≥ 1; got {n_boot}.")
     check_sweep(table)
     pairs = _pairs(table)
     n_pairs = pairs.sizes["prompt"]

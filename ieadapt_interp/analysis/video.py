@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from ..core.errors import IEAdaptValueError
 
 VideoFormat = Literal["auto", "mp4", "gif"]
 
@@ -31,7 +32,7 @@ def check_video(video: np.ndarray, name: str = "video") -> np.ndarray:
     """``video`` as a uint8 ``[frame, H, W, 3]`` array; a clear error otherwise."""
     arr = np.asarray(video)
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"{name} must be [frame, H, W, 3]; got shape {arr.shape}. "
             "Use Result.video (one sample) or Result.videos[i]."
         )
@@ -54,7 +55,7 @@ def has_h264() -> bool:
 def upscale(video: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling ``[f, H, W, 3]`` → ``[f, H·factor, W·factor, 3]`` (tiny videos stay crisp)."""
     if factor < 1:
-        raise ValueError(f"upscale factor must be ≥ 1; got {factor}.")
+        raise IEAdaptValueError(f"upscale factor must be ≥ 1; got {factor}.")
     video = check_video(video)
     return video if factor == 1 else video.repeat(factor, axis=1).repeat(factor, axis=2)
 
@@ -67,11 +68,11 @@ def side_by_side(videos: Sequence[np.ndarray] | np.ndarray, gap: int = 2, fill: 
     """
     items = [check_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
     if not items:
-        raise ValueError("side_by_side needs at least one video.")
+        raise IEAdaptValueError("side_by_side needs at least one video.")
     frames, height = items[0].shape[:2]
     for i, v in enumerate(items):
         if v.shape[:2] != (frames, height):
-            raise ValueError(f"videos[{i}] has (frames, H) = {v.shape[:2]}, expected {(frames, height)}.")
+            raise IEAdaptValueError(f"videos[{i}] has (frames, H) = {v.shape[:2]}, expected {(frames, height)}.")
     spacer = np.full((frames, height, gap, 3), fill, np.uint8)
     parts: list[np.ndarray] = []
     for i, v in enumerate(items):
@@ -132,7 +133,7 @@ def encode_video(video: np.ndarray, fps: float = 8.0, format: VideoFormat = "aut
     """
     video = check_video(video)
     if fps <= 0:
-        raise ValueError(f"fps must be > 0; got {fps}.")
+        raise IEAdaptValueError(f"fps must be > 0; got {fps}.")
     if format == "auto":
         format = "mp4" if has_h264() else "gif"
     if format == "mp4":
@@ -144,7 +145,7 @@ def encode_video(video: np.ndarray, fps: float = 8.0, format: VideoFormat = "aut
         return _mp4_bytes(video, fps), "video/mp4"
     if format == "gif":
         return _gif_bytes(video, fps), "image/gif"
-    raise ValueError(f"format must be 'auto', 'mp4' or 'gif'; got {format!r}.")
+    raise IEAdaptValueError(f"format must be 'auto', 'mp4' or 'gif'; got {format!r}.")
 
 
 def video_html(
@@ -186,7 +187,7 @@ def show_video(
     items = [videos] if arr is not None and arr.ndim == 4 else list(videos)
     labels = list(labels) if labels is not None else [None] * len(items)
     if len(labels) != len(items):
-        raise ValueError(f"{len(labels)} labels for {len(items)} videos.")
+        raise IEAdaptValueError(f"{len(labels)} labels for {len(items)} videos.")
     parts = []
     for video, label in zip(items, labels):
         video = check_video(video)
@@ -200,7 +201,7 @@ def save_video(video: np.ndarray, path: str | os.PathLike, fps: float = 8.0, sca
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".mp4", ".gif"):
-        raise ValueError(f"save_video writes .mp4 or .gif; got {path.name!r}.")
+        raise IEAdaptValueError(f"save_video writes .mp4 or .gif; got {path.name!r}.")
     data, _ = encode_video(upscale(video, scale), fps, "mp4" if suffix == ".mp4" else "gif")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

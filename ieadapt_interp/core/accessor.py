@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
+from .errors import IEAdaptValueError
 
 _REDUCE_DIMS = ("step", "head", "frame", "sample", "branch")
 
@@ -31,7 +32,7 @@ class IEAdaptAccessor:
         if kind is not None:
             pct = pct.sel(layer=self._ds["kind"] == kind)
             if pct.sizes["layer"] == 0:
-                raise ValueError(f"No {kind!r} layers in these stats; kinds present: "
+                raise IEAdaptValueError(f"No {kind!r} layers in these stats; kinds present: "
                                  f"{sorted(set(self._ds['kind'].values))}.")
         return pct.mean([d for d in _REDUCE_DIMS if d in pct.dims])
 
@@ -43,7 +44,7 @@ class IEAdaptAccessor:
     def low_entropy_layers(self, ratio: float = 0.5, kind: str | None = None) -> list[str]:
         """Layers whose mean entropy is among the lowest ``ratio`` fraction (IE-Adapt editing's ``L_edit``)."""
         if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"ratio must lie in (0, 1]; got {ratio}.")
+            raise IEAdaptValueError(f"ratio must lie in (0, 1]; got {ratio}.")
         mean = self.layer_entropy(kind).dropna("layer")
         count = max(1, int(round(ratio * mean.sizes["layer"])))
         order = np.argsort(mean.values, kind="stable")[:count]

@@ -26,6 +26,7 @@ from typing import Callable, Literal
 
 import pandas as pd
 import torch
+from .errors import IEAdaptTypeError
 
 Kind = Literal["spatial", "temporal", "cross", "joint"]
 Layout = Literal["frames_in_batch", "frames_in_sequence", "joint"]
@@ -208,7 +209,7 @@ def get_adapter(pipe) -> Adapter:
             return adapter
     found = {a: type(getattr(pipe, a)).__name__ for a in ("unet", "transformer") if getattr(pipe, a, None) is not None}
     supported = ", ".join(f"{a.name} ({'/'.join(a.denoiser_classes)})" for a in ADAPTERS)
-    raise TypeError(
+    raise IEAdaptTypeError(
         f"Unsupported architecture: {type(pipe).__name__} with denoiser {found or 'none'}. "
         f"Supported: {supported}. A new architecture needs one Adapter entry in ieadapt_interp/core/adapters.py."
     )

@@ -33,6 +33,7 @@ from .handlers import (AttentionHandler, CallContext, HookPointHandler, LayerSta
                        StatsRecorder)
 from .layouts import get_layout
 from .maps import MapRequest
+from .errors import IEAdaptValueError
 
 _SDPA = F.scaled_dot_product_attention
 
@@ -153,7 +154,7 @@ class Interception:
     def add(self, handler: AttentionHandler) -> AttentionHandler:
         """Register ``handler`` (after the ones already registered); a duplicate name is an error."""
         if handler.name in self.registry:
-            raise ValueError(f"A handler named {handler.name!r} is already registered on this interception; "
+            raise IEAdaptValueError(f"A handler named {handler.name!r} is already registered on this interception; "
                              "give each handler a unique name.")
         self.registry[handler.name] = handler
         return handler

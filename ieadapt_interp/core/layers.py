@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
 import pandas as pd
+from .errors import IEAdaptKeyError, IEAdaptValueError
 
 KINDS: tuple[str, ...] = ("spatial", "temporal", "cross", "joint")
 
@@ -41,7 +42,7 @@ class Layers:
                 object.__setattr__(self, attr, tuple(value))
         bad = set(self.kinds or ()) - set(KINDS)
         if bad:
-            raise ValueError(f"Unknown layer kind(s) {sorted(bad)}; choose from {list(KINDS)}.")
+            raise IEAdaptValueError(f"Unknown layer kind(s) {sorted(bad)}; choose from {list(KINDS)}.")
 
     def describe(self) -> str:
         parts = [f"{a}={','.join(map(str, getattr(self, a)))}" for a in ("names", "kinds", "blocks", "indices")
@@ -62,7 +63,7 @@ class Layers:
         if self.where is not None:
             keep &= table.apply(self.where, axis=1).astype(bool)
         if not keep.any():
-            raise ValueError(f"Layer selection [{self.describe()}] matches no attention layer of this model; "
+            raise IEAdaptValueError(f"Layer selection [{self.describe()}] matches no attention layer of this model; "
                              f"see ieadapt_interp.attention_layers(pipe) for names, kinds, blocks and indices.")
         return list(table.loc[keep, "name"])
 
@@ -72,7 +73,7 @@ def _check_names(names: Sequence[str], valid: list[str]) -> None:
         if name not in valid:
             close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
             hint = f" Closest valid names: {close}." if close else ""
-            raise KeyError(f"Unknown attention layer {name!r}.{hint} "
+            raise IEAdaptKeyError(f"Unknown attention layer {name!r}.{hint} "
                            f"List them with ieadapt_interp.attention_layers(pipe).")
 
 

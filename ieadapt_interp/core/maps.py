@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .entropy import _mask_rows, _scores
 from .layers import LayerSpec, Layers, as_layers
+from .errors import IEAdaptValueError
 
 _UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
 
@@ -34,7 +35,7 @@ def parse_bytes(budget: int | str) -> int:
         return budget
     match = re.fullmatch(r"\s*([\d.]+)\s*([KMG]?B)\s*", str(budget).upper())
     if not match:
-        raise ValueError(f"Memory budget {budget!r} not understood; write e.g. '512MB', '2GB' or an int of bytes.")
+        raise IEAdaptValueError(f"Memory budget {budget!r} not understood; write e.g. '512MB', '2GB' or an int of bytes.")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
@@ -52,7 +53,7 @@ class MapRequest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolved", as_layers(self.layers))
         if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be (query_bins, key_bins) ≥ 1; got {self.size}.")
+            raise IEAdaptValueError(f"size must be (query_bins, key_bins) ≥ 1; got {self.size}.")
         parse_bytes(self.budget)
 
     @property

@@ -16,6 +16,7 @@ import xarray as xr
 from .adapters import AttentionLayer
 from .handlers import LayerStats
 from .layouts import get_layout
+from .errors import IEAdaptValueError
 
 STAT_VARS = ("entropy", "energy", "energy_identity", "energy_uniform")
 _DOCS = {
@@ -37,7 +38,7 @@ def stats_dataset(
     """Assemble call records into a Dataset ``[step, layer, (branch, sample,) head, frame]``."""
     records = list(records)
     if not records:
-        raise ValueError("No attention calls were recorded: check the layer selection and the branch recorded.")
+        raise IEAdaptValueError("No attention calls were recorded: check the layer selection and the branch recorded.")
     names = [r.name for r in layers if any(rec.layer == r.name for rec in records)]
     by_name = {r.name: r for r in layers}
     steps = sorted({rec.step for rec in records})

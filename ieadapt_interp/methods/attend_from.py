@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.handlers import AttentionHandler, CallContext
+from ..core.errors import IEAdaptValueError
 
 WHATS: tuple[str, ...] = ("qk", "kv")
 
@@ -42,7 +43,7 @@ class AttendFrom:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", frozenset(self.layers))
         if self.what not in WHATS:
-            raise ValueError(f"AttendFrom.what must be one of {list(WHATS)}; got {self.what!r}.")
+            raise IEAdaptValueError(f"AttendFrom.what must be one of {list(WHATS)}; got {self.what!r}.")
 
     def active(self, step: int) -> bool:
         return self.steps is None or self.steps[0] <= step < self.steps[1]

@@ -30,6 +30,7 @@ import torch
 from ..core.entropy import value_mean
 from ..core.handlers import AttentionHandler, CallContext, scatter, select
 from ..core.layers import KINDS, Layers, LayerSpec, as_layers  # noqa: F401  (re-exported)
+from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 
 Replacement = Literal["identity", "uniform", "mix", "scale"]
 Branch = Literal["both", "cond", "uncond"]
@@ -64,17 +65,17 @@ class Perturbation:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", as_layers(self.layers))
         if self.replacement not in REPLACEMENTS:
-            raise ValueError(f"Unknown replacement {self.replacement!r}; choose from {list(REPLACEMENTS)}.")
+            raise IEAdaptValueError(f"Unknown replacement {self.replacement!r}; choose from {list(REPLACEMENTS)}.")
         if not 0.0 <= float(self.lam) <= 1.0:
-            raise ValueError(f"λ must lie in [0, 1] (λ=1 keeps I for mix / A for scale, λ=0 gives U); got {self.lam}.")
+            raise IEAdaptValueError(f"λ must lie in [0, 1] (λ=1 keeps I for mix / A for scale, λ=0 gives U); got {self.lam}.")
         object.__setattr__(self, "lam", float(self.lam))
         if self.steps is not None:
             start, stop = self.steps
             if not (0 <= int(start) < int(stop)):
-                raise ValueError(f"steps must be (start, stop) with 0 <= start < stop; got {self.steps}.")
+                raise IEAdaptValueError(f"steps must be (start, stop) with 0 <= start < stop; got {self.steps}.")
             object.__setattr__(self, "steps", (int(start), int(stop)))
         if self.branch not in BRANCHES:
-            raise ValueError(f"Unknown branch {self.branch!r}; choose from {list(BRANCHES)}.")
+            raise IEAdaptValueError(f"Unknown branch {self.branch!r}; choose from {list(BRANCHES)}.")
 
     @property
     def label(self) -> str:
@@ -88,7 +89,7 @@ class Perturbation:
     def to_dict(self) -> dict[str, Any]:
         """Serialisable form (a sweep row / a Ray task); predicates cannot be serialised."""
         if self.layers.where is not None:
-            raise ValueError("A perturbation with a predicate (where=) cannot be serialised; name the layers.")
+            raise IEAdaptValueError("A perturbation with a predicate (where=) cannot be serialised; name the layers.")
         layers = {k: list(v) for k, v in asdict(self.layers).items() if k != "where" and v is not None}
         return {"layers": layers, "replacement": self.replacement, "lam": self.lam,
                 "steps": list(self.steps) if self.steps else None, "branch": self.branch}
@@ -133,14 +134,14 @@ def as_perturbations(spec: PerturbSpec) -> tuple[Perturbation, ...]:
         out = []
         for name, replacement in spec.items():
             if replacement not in ("identity", "uniform"):
-                raise ValueError(f"Shorthand {{layer: replacement}} takes 'identity' or 'uniform'; got "
+                raise IEAdaptValueError(f"Shorthand {{layer: replacement}} takes 'identity' or 'uniform'; got "
                                  f"{replacement!r} for {name!r}. Use ieadapt_interp.mix/scale for λ.")
             out.append(Perturbation(Layers(names=(name,)), replacement))
         return tuple(out)
     items = tuple(spec)
     for item in items:
         if not isinstance(item, Perturbation):
-            raise TypeError(f"perturb= takes Perturbation objects or a {{layer: 'identity'|'uniform'}} dict; "
+            raise IEAdaptTypeError(f"perturb= takes Perturbation objects or a {{layer: 'identity'|'uniform'}} dict; "
                             f"got {type(item).__name__}.")
     return items
 
@@ -199,7 +200,7 @@ class PerturbationHandler(AttentionHandler):
             return
         p = self.perturbation
         if p.replacement in ("identity", "mix") and not ctx.square:
-            raise ValueError(f"{ctx.layer.name} is cross-attention ({ctx.query.shape[-2]} queries, "
+            raise IEAdaptValueError(f"{ctx.layer.name} is cross-attention ({ctx.query.shape[-2]} queries, "
                              f"{ctx.key.shape[-2]} keys): '{p.replacement}' needs a square map; use uniform or scale.")
         sel = ctx.elements(rows)
         v = select(ctx.value, sel)

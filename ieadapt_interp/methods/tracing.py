@@ -25,6 +25,7 @@ from ..core.maps import MapRequest
 from .attend_from import AttendFrom, AttendFromHandler
 from .perturbation import LayerSpec, PerturbSpec, as_layers, as_perturbations, perturbation_handlers
 from ..core.versions import versions_string
+from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 
 BranchChoice = Literal["cond", "uncond", "both"]
 
@@ -49,10 +50,10 @@ class Result:
 
 def _check_prompt(prompt) -> str:
     if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be one string; got {type(prompt).__name__}. Run one prompt per call "
+        raise IEAdaptTypeError(f"prompt must be one string; got {type(prompt).__name__}. Run one prompt per call "
                         "(use ieadapt_interp.sweep for many).")
     if not prompt.strip():
-        raise ValueError("The prompt is empty: give the text the video should show, e.g. 'a red circle moving left'.")
+        raise IEAdaptValueError("The prompt is empty: give the text the video should show, e.g. 'a red circle moving left'.")
     return prompt
 
 
@@ -60,9 +61,9 @@ def _check_frames(pipe, num_frames: int) -> None:
     adapter = get_adapter(pipe)
     limit = adapter.max_frames(getattr(pipe, adapter.denoiser_attr))
     if num_frames < 1:
-        raise ValueError(f"num_frames must be ≥ 1; got {num_frames}.")
+        raise IEAdaptValueError(f"num_frames must be ≥ 1; got {num_frames}.")
     if limit is not None and num_frames > limit:
-        raise ValueError(f"num_frames={num_frames} exceeds the motion module's maximum sequence length {limit} "
+        raise IEAdaptValueError(f"num_frames={num_frames} exceeds the motion module's maximum sequence length {limit} "
                          f"(motion_max_seq_length); generate at most {limit} frames.")
 
 
@@ -142,12 +143,12 @@ def generate(
     _check_prompt(prompt)
     _check_frames(pipe, num_frames)
     if branch not in ("cond", "uncond", "both"):
-        raise ValueError(f"branch must be 'cond', 'uncond' or 'both'; got {branch!r}.")
+        raise IEAdaptValueError(f"branch must be 'cond', 'uncond' or 'both'; got {branch!r}.")
     if variants is not None and perturb is not None:
-        raise ValueError("Give either perturb= (same for every sample) or variants= (one per sample), not both.")
+        raise IEAdaptValueError("Give either perturb= (same for every sample) or variants= (one per sample), not both.")
     specs = [as_perturbations(v) for v in variants] if variants is not None else [as_perturbations(perturb)]
     if not specs:
-        raise ValueError("variants= is empty: give at least one perturbation spec (None = unperturbed).")
+        raise IEAdaptValueError("variants= is empty: give at least one perturbation spec (None = unperturbed).")
     handlers = [*[AttendFromHandler(a, name=f"attend_from[{i}]") for i, a in enumerate(attend_from)],
                 *perturbation_handlers(specs, per_sample=variants is not None)]
     records = layer_records(pipe)
@@ -159,7 +160,7 @@ def generate(
         capture_names = as_layers(capture).resolve(attention_layers(pipe))
     cfg = guidance_scale > 1.0
     if branch != "cond" and not cfg:
-        raise ValueError(f"branch={branch!r} needs classifier-free guidance (guidance_scale > 1).")
+        raise IEAdaptValueError(f"branch={branch!r} needs classifier-free guidance (guidance_scale > 1).")
     record_branches = ("cond", "uncond") if branch == "both" else (branch,)
     adapter = get_adapter(pipe)
     height, width = (height or adapter.default_size(pipe)[0]), (width or adapter.default_size(pipe)[1])

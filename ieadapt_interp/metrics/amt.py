@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .weights import WeightFile, locate_file
+from ..core.errors import IEAdaptValueError
 
 AMT_S = WeightFile(
     "amt-s.pth",
@@ -447,7 +448,7 @@ class AMTS(nn.Module):
         side = min(height, width) // 8 // 2 ** (self.corr_levels - 1)
         if side < 2:
             need = 16 * 2 ** (self.corr_levels - 1)
-            raise ValueError(
+            raise IEAdaptValueError(
                 f"AMT-S needs frames of at least {need}×{need} pixels after padding to a multiple of 16 "
                 f"(and VBench's scaling), got {height}×{width}"
             )

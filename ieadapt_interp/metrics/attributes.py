@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .video import check_video
+from ..core.errors import IEAdaptValueError
 
 
 def check_caption(prompt: str) -> None:
@@ -27,7 +28,7 @@ def check_caption(prompt: str) -> None:
     try:
         parse_caption(prompt)
     except ValueError:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"prompt {prompt!r} is outside the embedded model's caption grammar ('a red circle moving left on a "
             "white background', 'a blue square staying still on a black background'); the attribute metrics "
             "(colour_match, shape_match, direction_match) apply to it only."

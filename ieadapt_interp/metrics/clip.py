@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ..core.errors import IEAdaptValueError
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
     from transformers import CLIPModel
@@ -86,7 +87,7 @@ def load_clip(
 
 def _check_prompt(prompt: object, name: str) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {prompt!r}")
+        raise IEAdaptValueError(f"{name} must be a non-empty string, got {prompt!r}")
     return prompt
 
 

@@ -17,6 +17,7 @@ from . import structure
 from . import vbench
 from .video import check_pair, check_video
 from .weights import MissingWeightsError
+from ..core.errors import IEAdaptValueError
 
 INPUTS = ("video", "reference", "prompt", "source_prompt", "target_prompt")
 
@@ -172,14 +173,14 @@ def get_metric(name: str) -> Metric:
         return METRICS[name]
     close = difflib.get_close_matches(str(name), list(METRICS), n=1, cutoff=0.0)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown metric {name!r}.{hint} Valid metrics: {', '.join(sorted(METRICS))}")
+    raise IEAdaptValueError(f"unknown metric {name!r}.{hint} Valid metrics: {', '.join(sorted(METRICS))}")
 
 
 def _check_keys(kind: str, mapping: Mapping[str, object] | None, names: list[str]) -> dict:
     mapping = dict(mapping or {})
     extra = sorted(set(mapping) - set(names))
     if extra:
-        raise ValueError(f"{kind} given for metrics not requested: {extra} (requested: {names})")
+        raise IEAdaptValueError(f"{kind} given for metrics not requested: {extra} (requested: {names})")
     return mapping
 
 
@@ -188,12 +189,12 @@ def _check_inputs(metrics: list[Metric], inputs: dict[str, object]) -> None:
     for metric in metrics:
         missing = [need for need in metric.needs if inputs.get(need) is None]
         if missing:
-            raise ValueError(f"metric {metric.name!r} needs {', '.join(missing)}=...; it was not given")
+            raise IEAdaptValueError(f"metric {metric.name!r} needs {', '.join(missing)}=...; it was not given")
     if "reference" in needed:
         check_pair(inputs["video"], inputs["reference"])
     for text in needed & {"prompt", "source_prompt", "target_prompt"}:
         if not isinstance(inputs[text], str) or not inputs[text].strip():
-            raise ValueError(f"{text} must be a non-empty string, got {inputs[text]!r}")
+            raise IEAdaptValueError(f"{text} must be a non-empty string, got {inputs[text]!r}")
     for metric in metrics:
         if metric.check_prompt is not None:
             metric.check_prompt(inputs["prompt"])
@@ -243,7 +244,7 @@ def compute_metrics(
         {'temporal_ssim': 1.0, 'dynamic_degree': 0.0}
     """
     if on_missing not in ("raise", "nan"):
-        raise ValueError(f"on_missing must be 'raise' or 'nan', got {on_missing!r}")
+        raise IEAdaptValueError(f"on_missing must be 'raise' or 'nan', got {on_missing!r}")
     names = list(dict.fromkeys([names] if isinstance(names, str) else names))
     metrics = [get_metric(n) for n in names]
     check_video(video)

@@ -24,6 +24,7 @@ from .dino import load_dino
 from .musiq import MUSIQ, musiq_state_dict
 from .video import check_video, resize_as_uint8, resize_shorter, to_tensor255
 from .weights import WeightFile, locate_file, locate_hf_model
+from ..core.errors import IEAdaptNotImplementedError, IEAdaptValueError
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
     from transformers import CLIPVisionModelWithProjection, ViTModel
@@ -43,7 +44,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class MetricNotImplementedError(NotImplementedError):
+class MetricNotImplementedError(IEAdaptNotImplementedError):
     """A registered metric whose computation this package does not provide (``.metric`` names it)."""
 
     def __init__(self, metric: str, message: str):
@@ -260,7 +261,7 @@ def vbench_amt_scale(height: int, width: int, vram_bytes: int | None = None) -> 
             vram_bytes,
         )
         if vram <= memory_bias:
-            raise ValueError(f"vram_bytes must exceed VBench's 2500 MiB memory bias, got {vram_bytes}")
+            raise IEAdaptValueError(f"vram_bytes must exceed VBench's 2500 MiB memory bias, got {vram_bytes}")
     scale = anchor_resolution / (height * width) * np.sqrt((vram - memory_bias) / anchor_memory)
     scale = min(scale, 1.0)
     return float(1 / np.floor(1 / np.sqrt(scale) * 16) * 16)

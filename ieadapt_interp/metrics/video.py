@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ..core.errors import IEAdaptValueError
 
 
 def check_video(video: object, *, name: str = "video", min_frames: int = 1, min_size: int = 1) -> np.ndarray:
@@ -16,28 +17,28 @@ def check_video(video: object, *, name: str = "video", min_frames: int = 1, min_
     """
     if not isinstance(video, np.ndarray):
         # ValueError, not TypeError: every malformed video raises the same error class
-        raise ValueError(  # noqa: TRY004
+        raise IEAdaptValueError(  # noqa: TRY004
             f"{name} must be a numpy array (frames, H, W, 3) of uint8, got {type(video).__name__}"
         )
     if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"{name} must have shape (frames, H, W, 3), got {video.shape}")
+        raise IEAdaptValueError(f"{name} must have shape (frames, H, W, 3), got {video.shape}")
     if video.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 in [0, 255], got dtype {video.dtype}")
+        raise IEAdaptValueError(f"{name} must be uint8 in [0, 255], got dtype {video.dtype}")
     frames, height, width, _ = video.shape
     if frames < min_frames:
-        raise ValueError(f"{name} needs at least {min_frames} frame(s), got {frames}")
+        raise IEAdaptValueError(f"{name} needs at least {min_frames} frame(s), got {frames}")
     if min(height, width) < min_size:
-        raise ValueError(f"{name} frames must be at least {min_size}×{min_size} pixels, got {height}×{width}")
+        raise IEAdaptValueError(f"{name} frames must be at least {min_size}×{min_size} pixels, got {height}×{width}")
     return video
 
 
 def check_pair(video: np.ndarray, reference: object, *, min_size: int = 1) -> np.ndarray:
     """Validate ``reference`` like ``video`` and require the same shape; return it."""
     if reference is None:
-        raise ValueError("this metric compares against a reference video: pass reference=...")
+        raise IEAdaptValueError("this metric compares against a reference video: pass reference=...")
     reference = check_video(reference, name="reference", min_size=min_size)
     if reference.shape != video.shape:
-        raise ValueError(f"reference shape {reference.shape} differs from video shape {video.shape}")
+        raise IEAdaptValueError(f"reference shape {reference.shape} differs from video shape {video.shape}")
     return reference
 
 

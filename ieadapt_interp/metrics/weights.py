@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from ..core.errors import IEAdaptFileNotFoundError
 
 WEIGHTS_ENV = "IEADAPT_WEIGHTS_DIR"
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(IEAdaptFileNotFoundError):
     """A learned metric's weight file is not available locally.
 
     Attributes:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from ..core.errors import IEAdaptFileNotFoundError, IEAdaptValueError
 
 Arch = Literal["animatediff", "cogvideox"]
 
@@ -157,7 +158,7 @@ def tiny_pipeline(arch: Arch = "animatediff", seed: int = 0):
     2
     """
     if arch not in _TINY_BUILDERS:
-        raise ValueError(f"tiny_pipeline: unknown arch {arch!r}; choose one of {sorted(_TINY_BUILDERS)}.")
+        raise IEAdaptValueError(f"tiny_pipeline: unknown arch {arch!r}; choose one of {sorted(_TINY_BUILDERS)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pipe = _TINY_BUILDERS[arch]()
@@ -173,7 +174,7 @@ def _default_dtype(device: str, dtype: torch.dtype | None, half: torch.dtype) ->
 
 def _require(path: str | os.PathLike | None, what: str, how: str) -> Path:
     if path is None or not Path(path).exists():
-        raise FileNotFoundError(
+        raise IEAdaptFileNotFoundError(
             f"{what} not found at {path!r}. {how} "
             "Nothing is downloaded by this package: pass a local folder (or a repo id already in the "
             "Hugging Face cache)."

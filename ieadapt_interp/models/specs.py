@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from ..core.errors import IEAdaptValueError
 
 MODEL_NAMES: tuple[str, ...] = ("default", "tiny-animatediff", "tiny-cogvideox")
 
@@ -38,11 +39,11 @@ def resolve_model(name: str | os.PathLike = "default", **load_kwargs):
     if text.startswith("tiny-"):
         arch = text[len("tiny-") :]
         if arch not in ("animatediff", "cogvideox"):
-            raise ValueError(f"Unknown tiny model {text!r}; choose 'tiny-animatediff' or 'tiny-cogvideox'.")
+            raise IEAdaptValueError(f"Unknown tiny model {text!r}; choose 'tiny-animatediff' or 'tiny-cogvideox'.")
         return tiny_pipeline(arch)
     folder = Path(os.path.expanduser(text))
     if not folder.exists():
-        raise ValueError(
+        raise IEAdaptValueError(
             f"Model {text!r} is neither one of {list(MODEL_NAMES)} nor an existing folder. "
             "Give 'default' for the embedded model or the path of a local pipeline folder."
         )

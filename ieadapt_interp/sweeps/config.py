@@ -26,6 +26,7 @@ from typing import Any
 
 from ..methods.perturbation import Perturbation
 from .models import ModelSpec, model_key
+from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 
 BASELINE = "baseline"
 
@@ -48,7 +49,7 @@ PerturbationsArg = Sequence[PerturbationEntry] | Mapping[str, PerturbationEntry]
 def _as_variant(entry: PerturbationEntry, where: str) -> tuple[Perturbation, ...]:
     items = (entry,) if isinstance(entry, Perturbation) else tuple(entry)
     if not items or not all(isinstance(p, Perturbation) for p in items):
-        raise TypeError(
+        raise IEAdaptTypeError(
             f"{where}: each perturbation must be an ieadapt_interp.Perturbation (or a non-empty list of "
             f"them applied together), e.g. ia.identity('spatial') or presets.single_layer(pipe); "
             f"got {entry!r}."
@@ -66,7 +67,7 @@ def _check_metrics(metrics: Sequence[str], prompts: Sequence[str] = ()) -> tuple
         metrics = [metrics]
     names = tuple(dict.fromkeys(metrics))
     if not names:
-        raise ValueError(
+        raise IEAdaptValueError(
             "metrics is empty: name at least one, e.g. metrics=['ssim', 'temporal_ssim', "
             "'dynamic_degree'] (see ieadapt_interp.metrics.METRICS)."
         )
@@ -74,7 +75,7 @@ def _check_metrics(metrics: Sequence[str], prompts: Sequence[str] = ()) -> tuple
         metric = get_metric(name)  # ValueError naming the closest valid metric
         unsupported = set(metric.needs) - {"video", "reference", "prompt"}
         if unsupported:
-            raise ValueError(
+            raise IEAdaptValueError(
                 f"metric {name!r} needs {sorted(unsupported)}, which a perturbation sweep does not have "
                 "(it is an editing metric); drop it from metrics=."
             )
@@ -88,15 +89,15 @@ def _check_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
         prompts = [prompts]
     prompts = tuple(prompts)
     if not prompts:
-        raise ValueError(
+        raise IEAdaptValueError(
             "prompts is empty: give at least one text prompt, e.g. prompts=['a red circle moving left']."
         )
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt #{i} is {p!r}: every prompt must be a non-empty string.")
+            raise IEAdaptValueError(f"prompt #{i} is {p!r}: every prompt must be a non-empty string.")
     dup = sorted({p for p in prompts if prompts.count(p) > 1})
     if dup:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"duplicate prompts {dup}: each prompt labels one row of the results; list it once "
             "(use more seeds for repeats)."
         )
@@ -108,9 +109,9 @@ def _check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
         seeds = [seeds]
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
-        raise ValueError("seeds is empty: give at least one integer seed, e.g. seeds=[42].")
+        raise IEAdaptValueError("seeds is empty: give at least one integer seed, e.g. seeds=[42].")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"duplicate seeds in {list(seeds)}: list each seed once.")
+        raise IEAdaptValueError(f"duplicate seeds in {list(seeds)}: list each seed once.")
     return seeds
 
 
@@ -119,7 +120,7 @@ def _check_generation(generation: Mapping[str, Any] | None) -> dict[str, Any]:
     generation.pop("seed", None)  # a preset's seed is a default for seeds=, handled by the caller
     unknown = sorted(set(generation) - set(GENERATION_KEYS))
     if unknown:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"unknown generation setting(s) {unknown}; allowed: {list(GENERATION_KEYS)} (seeds go in seeds=)."
         )
     return generation
@@ -162,7 +163,7 @@ class SweepConfig:
             names = (None,) * len(entries)
         variants = tuple(_as_variant(e, f"perturbation #{i}") for i, e in enumerate(entries))
         if BASELINE in names:
-            raise ValueError(f"{BASELINE!r} is reserved for the unperturbed run; rename that perturbation.")
+            raise IEAdaptValueError(f"{BASELINE!r} is reserved for the unperturbed run; rename that perturbation.")
         prompts = _check_prompts(prompts)
         return cls(
             prompts,
@@ -212,7 +213,7 @@ class SweepConfig:
         names = tuple(names)
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(
+            raise IEAdaptValueError(
                 f"perturbation names {dup} occur more than once; pass a dict {{name: perturbation}} "
                 "with unique names."
             )

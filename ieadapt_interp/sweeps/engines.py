@@ -25,6 +25,7 @@ import numpy as np
 from .config import SweepConfig
 from .models import is_spec
 from .worker import JobResult, Task, Worker
+from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 
 Commit = Callable[[Task, list[JobResult]], None]
 
@@ -45,7 +46,7 @@ class Schedule:
         baseline_video: Callable[[int, int], np.ndarray],
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1 (variants per forward pass); got {batch_size}.")
+            raise IEAdaptValueError(f"batch_size must be ≥ 1 (variants per forward pass); got {batch_size}.")
         self.config, self.done, self.batch_size = config, done.copy(), int(batch_size)
         self.variants = [()] + [tuple(p.to_dict() for p in v) for v in config.variants]
         self.queue: deque[Task] = deque()
@@ -217,8 +218,8 @@ def make_engine(engine: str, model: Any, config: SweepConfig, **options):
     """``"local"`` → :class:`LocalEngine`; ``"ray"`` → :class:`RayEngine` (``options``: address, actors, …)."""
     if engine == "local":
         if options:
-            raise TypeError(f"engine='local' takes no engine options; got {sorted(options)}.")
+            raise IEAdaptTypeError(f"engine='local' takes no engine options; got {sorted(options)}.")
         return LocalEngine(model, config)
     if engine == "ray":
         return RayEngine(model, config, **options)
-    raise ValueError(f"unknown engine {engine!r}; choose 'local' (this process) or 'ray' (a Ray cluster).")
+    raise IEAdaptValueError(f"unknown engine {engine!r}; choose 'local' (this process) or 'ray' (a Ray cluster).")

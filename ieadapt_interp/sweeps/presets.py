@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..methods.perturbation import Layers, LayerSpec, Perturbation, as_layers, identity, mix, uniform
+from ..core.errors import IEAdaptValueError
 
 #: AnimateDiff (Realistic Vision 5.1 + motion adapter v1-5-3), paper Sec. 5: fp16, Euler, 512².
 PAPER_ANIMATEDIFF: dict[str, Any] = {
@@ -73,7 +74,7 @@ def generation(name: str, **overrides: Any) -> dict[str, Any]:
     """
     key = name.lower()
     if key not in GENERATION:
-        raise ValueError(f"unknown generation preset {name!r}; choose one of {sorted(GENERATION)}.")
+        raise IEAdaptValueError(f"unknown generation preset {name!r}; choose one of {sorted(GENERATION)}.")
     return {**GENERATION[key], **overrides}
 
 
@@ -90,7 +91,7 @@ def _replacer(name: str):
     try:
         return _REPLACEMENTS[name.lower()]
     except KeyError:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"unknown replacement {name!r}; presets take 'identity' (I) or 'uniform' (U) "
             "(use lambda_sweep for λ mixes)."
         ) from None
@@ -105,7 +106,7 @@ def _kinds(table: pd.DataFrame, kinds: Sequence[str]) -> list[str]:
     present = sorted(set(table["kind"]))
     missing = [k for k in kinds if k not in present]
     if missing:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"this model has no {missing} attention layers (it has {present}); choose kinds among those."
         )
     return kinds
@@ -132,7 +133,7 @@ def single_layer(
         table = table[table["name"].isin(Layers(names=tuple(names)).resolve(table))]
         kinds = [k for k in ([kinds] if isinstance(kinds, str) else kinds) if k in set(table["kind"])]
         if not kinds:
-            raise ValueError(
+            raise IEAdaptValueError(
                 f"none of the named layers is of the kinds asked for; their kinds: {sorted(set(table['kind']))}."
             )
     out: dict[str, Perturbation] = {}
@@ -167,7 +168,7 @@ def layer_entropy(stats) -> pd.Series:
     ``stats``: the ``xr.Dataset`` of :func:`ieadapt_interp.trace` (``entropy_pct [step, layer, head, frame]``).
     """
     if "entropy_pct" not in getattr(stats, "data_vars", {}):
-        raise ValueError(
+        raise IEAdaptValueError(
             "stats must be the .stats Dataset of ieadapt_interp.trace(...) (with entropy_pct); "
             "run calibration_stats(pipe, prompt) to get one."
         )
@@ -198,7 +199,7 @@ def entropy_split(
     A layer whose entropy % is undefined (one key, e.g. a 1×1 bottleneck of a tiny model) ranks lowest.
     """
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
+        raise IEAdaptValueError(f"fraction must be in (0, 1]; got {fraction}.")
     table, entropy = layer_table(pipe), layer_entropy(stats)
     out: dict[str, Perturbation] = {}
     pct = f"{fraction * 100:g}%"
@@ -206,7 +207,7 @@ def entropy_split(
         names = list(table.loc[table["kind"] == kind, "name"])
         absent = [n for n in names if n not in entropy.index]
         if absent:
-            raise ValueError(
+            raise IEAdaptValueError(
                 f"the calibration stats lack {len(absent)} {kind} layer(s) (e.g. {absent[0]!r}); "
                 "trace every layer (capture=True), e.g. calibration_stats(pipe, prompt)."
             )
@@ -233,7 +234,7 @@ def up_down(
         for side in ("down", "up"):
             names = list(rows.loc[rows["block"].str.startswith(side + "."), "name"])
             if not names:
-                raise ValueError(
+                raise IEAdaptValueError(
                     f"no {kind} layers in {side} blocks (blocks: {sorted(set(rows['block']))}); "
                     "up_down is for U-Nets, use per_block for transformers."
                 )

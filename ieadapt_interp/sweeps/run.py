@@ -24,6 +24,7 @@ from .config import PerturbationsArg, SweepConfig
 from .engines import Schedule, make_engine
 from .store import SweepStore
 from .worker import JobResult, Task
+from ..core.errors import IEAdaptValueError
 
 
 def _auto_name(given: str | None, coord: dict) -> str:
@@ -106,11 +107,11 @@ def sweep(
     )
     existing = SweepStore.check(store, config)  # StoreMismatchError before any work
     if engine not in ("local", "ray"):
-        raise ValueError(
+        raise IEAdaptValueError(
             f"unknown engine {engine!r}; choose 'local' (this process) or 'ray' (a Ray cluster)."
         )
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be ≥ 1 (variants per forward pass); got {batch_size}.")
+        raise IEAdaptValueError(f"batch_size must be ≥ 1 (variants per forward pass); got {batch_size}.")
     runner = make_engine(engine, pipe, config, **dict(engine_options or {}))
     try:
         coords = runner.describe(

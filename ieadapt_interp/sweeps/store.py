@@ -40,11 +40,12 @@ import xarray as xr
 
 from .config import SweepConfig
 from .worker import JobResult
+from ..core.errors import IEAdaptFileNotFoundError, IEAdaptValueError
 
 JOB_ARRAYS = ("done", "seconds", "finished_at", "session")
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(IEAdaptValueError):
     """The store at this path was written by a different sweep configuration."""
 
 
@@ -77,7 +78,7 @@ class SweepStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
-            raise FileNotFoundError(
+            raise IEAdaptFileNotFoundError(
                 f"No sweep store at {str(self.path)!r}. Run ieadapt_interp.sweep(..., store=PATH) "
                 "or `ieadapt sweep CONFIG.yaml` first."
             )

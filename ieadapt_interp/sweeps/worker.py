@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .models import build_pipeline, is_spec
+from ..core.errors import IEAdaptValueError
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def set_scheduler(pipe, name: str | None) -> None:
         return
     key = str(name).lower().replace("-", "_").replace(" ", "_")
     if key not in SCHEDULERS:
-        raise ValueError(
+        raise IEAdaptValueError(
             f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)} (or leave it out to keep "
             "the pipeline's own)."
         )
@@ -202,7 +203,7 @@ class Worker:
                 device=self.device,
             )
         except ValueError as error:
-            raise ValueError(
+            raise IEAdaptValueError(
                 f"metrics {list(self.metrics)} cannot be computed on {shape[0]}-frame {shape[1]}×{shape[2]} "
                 f"videos: {error}. Drop that metric or change the generation size."
             ) from error

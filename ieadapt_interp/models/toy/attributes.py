@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...models.toy.dataset import BACKGROUNDS, COLOURS, DIRECTIONS, MOTIONS, SHAPES, parse_caption
+from ...core.errors import IEAdaptValueError
 
 #: minimum colour distance (0-255 RGB) from the background for a pixel to be foreground
 FG_THRESHOLD = 60.0
@@ -26,7 +27,7 @@ def to_uint8_clip(clip) -> np.ndarray:
         clip = clip.detach().float().cpu().numpy()
     clip = np.asarray(clip)
     if clip.ndim != 4:
-        raise ValueError(f"expected a clip of 4 dims (F, H, W, 3), got shape {clip.shape}")
+        raise IEAdaptValueError(f"expected a clip of 4 dims (F, H, W, 3), got shape {clip.shape}")
     if clip.shape[-1] != 3 and clip.shape[1] == 3:
         clip = clip.transpose(0, 2, 3, 1)
     if clip.dtype != np.uint8:

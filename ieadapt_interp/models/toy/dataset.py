@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from ...core.errors import IEAdaptKeyError, IEAdaptValueError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -98,16 +99,16 @@ def parse_caption(caption: str) -> Combo:
             if w[3] == "moving":
                 motion = w[4]
                 if motion not in DIRECTIONS:
-                    raise KeyError(motion)
+                    raise IEAdaptKeyError(motion)
             elif w[4] == "still":
                 motion = "still"
             else:
-                raise KeyError(w[4])
+                raise IEAdaptKeyError(w[4])
             if colour in COLOURS and shape in SHAPES and bg in BACKGROUNDS:
                 return Combo(colour, shape, motion, bg)
     except KeyError:
         pass
-    raise ValueError(f"caption outside the toy grammar: {caption!r}")
+    raise IEAdaptValueError(f"caption outside the toy grammar: {caption!r}")
 
 
 def all_combos() -> list[Combo]:

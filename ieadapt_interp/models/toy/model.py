@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ...models.toy.dataset import VOCAB_WORDS
+from ...core.errors import IEAdaptFileNotFoundError
 
 #: The sampler settings the package uses by default for the toy model.
 DEFAULT_SAMPLING: dict = {
@@ -187,7 +188,7 @@ def load_toy_pipeline(path: str | Path | None = None, device: str | torch.device
 
     path = Path(path) if path is not None else default_model_path()
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise IEAdaptFileNotFoundError(
             f"no toy text-to-video pipeline at {path} (model_index.json missing). The shipped model lives in "
             "data/toy_t2v of the repository; retrain it with `python -m ieadapt_interp.models.toy.train --out DIR "
             "--device cuda` (see data/toy_t2v/README.md) and pass path=DIR/pipeline or set IEADAPT_TOY_MODEL."
