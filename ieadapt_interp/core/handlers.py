@@ -28,8 +28,9 @@ budget). Methods add theirs (:mod:`ieadapt_interp.methods.perturbation`,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -164,8 +165,43 @@ class LayerStats:
     stats: dict[str, torch.Tensor]
 
 
+#: Bin edges (percent of log N) of the per-map entropy histogram ``map_entropy_hist``: 20 bins of 5 %.
+ENTROPY_BINS: tuple[float, ...] = tuple(float(x) for x in range(0, 105, 5))
+#: Bin edges of ``map_energy_hist``, the position of a map's ``E(AV)`` between its bounds,
+#: ``r = (E(AV) − E(UV)) / (E(IV) − E(UV))``: below ``−tol`` (under the lower bound), tenths of [0, 1], above
+#: ``1 + tol`` (over the upper bound). ``tol`` absorbs rounding of the fp32 reduction.
+ENERGY_TOL = 1e-3
+ENERGY_BINS: tuple[float, ...] = (-float("inf"), -ENERGY_TOL, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                  1.0 + ENERGY_TOL, float("inf"))
+
+
+def histogram(values: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
+    """Counts of ``values [..., n]`` in the bins ``[edges[i], edges[i+1])`` (the last bin closed) → ``[..., bins]``.
+
+    >>> histogram(torch.tensor([[0.0, 4.9, 5.0, 100.0]]), (0.0, 5.0, 100.0)).tolist()
+    [[2.0, 2.0]]
+    """
+    inner = torch.tensor(edges[1:-1], dtype=values.dtype, device=values.device)
+    idx = torch.bucketize(values.contiguous(), inner, right=True)
+    counts = torch.zeros(*values.shape[:-1], len(edges) - 1, dtype=torch.float32, device=values.device)
+    return counts.scatter_add_(-1, idx, torch.ones_like(idx, dtype=torch.float32))
+
+
+def energy_position(e_av: torch.Tensor, e_iv: torch.Tensor, e_uv: torch.Tensor) -> torch.Tensor:
+    """``(E(AV) − E(UV)) / (E(IV) − E(UV))``: 0 on the lower bound, 1 on the upper; 0 where the bounds coincide."""
+    span = e_iv - e_uv
+    safe = torch.where(span.abs() > 1e-12 * e_iv.abs().clamp_min(1e-30), span, torch.ones_like(span))
+    return torch.where(span.abs() > 1e-12 * e_iv.abs().clamp_min(1e-30), (e_av - e_uv) / safe,
+                       torch.zeros_like(span))
+
+
 class StatsRecorder(AttentionHandler):
     """Records entropy, ``‖AV‖²`` and both closed-form bounds of every call into :attr:`calls`.
+
+    Per frame (``[row, head, frame]``): ``entropy``, ``energy``, ``energy_identity``, ``energy_uniform``.
+    Per map (the paper's unit, see :meth:`Layout.per_map`), as histograms ``[row, head, bin]`` — no map is
+    stored: ``map_entropy_hist`` (each map's mean row entropy in percent of ``log N``, :data:`ENTROPY_BINS`) and,
+    for self-attention, ``map_energy_hist`` (each map's energy position between its bounds, :data:`ENERGY_BINS`).
 
     ``branches``: the CFG branches whose rows are recorded (rows labelled ``"all"`` always are).
     """
@@ -205,7 +241,21 @@ class StatsRecorder(AttentionHandler):
             flat[name] = video
             if text is not None:
                 flat[name + "_text"] = text
+        flat.update(self._per_map(ctx, per_row, len(keep), n_k))
         self.calls.append(LayerStats(ctx.step, ctx.layer.name, [ctx.rows[i] for i in keep], n_k, flat))
+
+    @staticmethod
+    def _per_map(ctx: CallContext, per_row: dict[str, torch.Tensor], n_rows: int, n_k: int) -> dict:
+        """Histograms over the maps of one call: ``map_entropy_hist`` and (self-attention) ``map_energy_hist``."""
+        out = {}
+        if n_k > 1:
+            pct = ctx.layout.per_map(per_row["entropy"], n_rows, ctx.per) * (100.0 / math.log(n_k))
+            out["map_entropy_hist"] = histogram(pct, ENTROPY_BINS)
+        if ctx.square:
+            e_av, e_iv, e_uv = (ctx.layout.per_map(per_row[v], n_rows, ctx.per, "sum")
+                                for v in ("energy", "energy_identity", "energy_uniform"))
+            out["map_energy_hist"] = histogram(energy_position(e_av, e_iv, e_uv), ENERGY_BINS)
+        return out
 
 
 class MapRecorder(AttentionHandler):

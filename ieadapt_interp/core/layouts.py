@@ -62,6 +62,15 @@ class Layout:
         """How many pooled ``[head, query_bin, key_bin]`` maps one call keeps (for the memory budget)."""
         return n_elements
 
+    def per_map(self, x: torch.Tensor, n_rows: int, per: int, how: str = "mean") -> torch.Tensor:
+        """Per-query-row values ``[B', head, query]`` reduced over each attention map's rows → ``[row, head, map]``.
+
+        A map is one attention element: a frame's ``HW × HW`` map (frames in batch), a position's ``F × F``
+        map (frames in sequence) or the whole sequence (joint) — the paper's unit "one map".
+        """
+        heads, n_q = x.shape[1], x.shape[2]
+        return _reduce(x.view(n_rows, per, heads, n_q), -1, how).transpose(1, 2)
+
 
 class FramesInBatch(Layout):
     """Each attention element is one frame of one row (spatial self- and cross-attention)."""

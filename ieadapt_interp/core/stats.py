@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from .adapters import AttentionLayer
-from .handlers import LayerStats
+from .handlers import ENERGY_BINS, ENTROPY_BINS, LayerStats
 from .layouts import get_layout
 from .errors import IEAdaptValueError
 
@@ -29,7 +29,18 @@ _DOCS = {
     "energy_text": "joint layers: ||A V||^2 over the text-token query rows",
     "energy_identity_text": "joint layers: ||V||^2 over the text-token rows",
     "energy_uniform_text": "joint layers: rows * ||mean V||^2 over the text-token rows",
+    "map_entropy_hist": "per map (one attention element: a frame's, a position's or the whole sequence's map), "
+                        "count of maps whose mean row entropy (percent of log N) falls in each entropy_bin",
+    "map_energy_hist": "per map, count of maps whose energy position (E(AV)-E(UV))/(E(IV)-E(UV)) falls in each "
+                       "energy_bin (first bin: below the lower bound, last: above the upper bound)",
 }
+
+
+def _last_dim(var: str) -> str | None:
+    """The dim after ``head`` of a stats variable: ``frame``, a histogram's bin dim, or none (``*_text``)."""
+    if var.endswith("_text"):
+        return None
+    return {"map_entropy_hist": "entropy_bin", "map_energy_hist": "energy_bin"}.get(var, "frame")
 
 
 def stats_dataset(
@@ -47,9 +58,10 @@ def stats_dataset(
     samples = sorted({s for _, s in row_labels})
     heads = max(rec.stats["entropy"].shape[1] for rec in records)
     frames = max(rec.stats["entropy"].shape[2] for rec in records)
-    var_names = sorted({v for rec in records for v in rec.stats}, key=lambda v: (v.endswith("_text"), v))
-    shape_video = (len(steps), len(names), len(branches), len(samples), heads, frames)
-    data = {v: np.full(shape_video if not v.endswith("_text") else shape_video[:-1], np.nan) for v in var_names}
+    var_names = sorted({v for rec in records for v in rec.stats}, key=lambda v: (_last_dim(v) != "frame", v))
+    lead = (len(steps), len(names), len(branches), len(samples), heads)
+    sizes = {"frame": frames, "entropy_bin": len(ENTROPY_BINS) - 1, "energy_bin": len(ENERGY_BINS) - 1, None: None}
+    data = {v: np.full(lead + ((sizes[_last_dim(v)],) if _last_dim(v) else ()), np.nan) for v in var_names}
     n_keys = np.zeros(len(names), dtype=np.int64)
     s_idx, l_idx = {s: i for i, s in enumerate(steps)}, {n: i for i, n in enumerate(names)}
     for rec in records:
@@ -60,9 +72,9 @@ def stats_dataset(
             for v, tensor in rec.stats.items():
                 value = tensor[r].detach().cpu().double().numpy()
                 data[v][where][tuple(slice(0, n) for n in value.shape)] = value
-    dims_video = ("step", "layer", "branch", "sample", "head", "frame")
+    dims = ("step", "layer", "branch", "sample", "head")
     ds = xr.Dataset(
-        {v: (dims_video if not v.endswith("_text") else dims_video[:-1], arr) for v, arr in data.items()},
+        {v: (dims + ((_last_dim(v),) if _last_dim(v) else ()), arr) for v, arr in data.items()},
         coords={
             "step": np.asarray(steps),
             "timestep": ("step", np.asarray([timesteps[s] for s in steps], dtype=float)),
@@ -78,6 +90,10 @@ def stats_dataset(
         },
         attrs=attrs,
     )
+    for var, dim, edges in (("map_entropy_hist", "entropy_bin", ENTROPY_BINS),
+                            ("map_energy_hist", "energy_bin", ENERGY_BINS)):
+        if var in ds:
+            ds = ds.assign_coords({dim: np.asarray(edges[:-1]), f"{dim}_upper": (dim, np.asarray(edges[1:]))})
     # a single key (1×1 latent at the bottleneck of a tiny video) has no entropy to normalise: NaN
     max_h = xr.DataArray(np.where(n_keys > 1, np.log(np.maximum(n_keys, 1)), np.nan), dims="layer")
     ds["entropy_pct"] = 100.0 * ds["entropy"] / max_h
