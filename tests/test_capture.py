@@ -82,7 +82,8 @@ def test_dims_coords_attrs(animatediff):
     assert ds.entropy.dims == ("step", "layer", "head", "frame")
     for var in ("entropy", "entropy_pct", "energy", "energy_identity", "energy_uniform"):
         assert var in ds
-    assert ds.sizes == {"step": 2, "layer": 72, "head": 2, "frame": 4}
+    assert ds.sizes == {"step": 2, "layer": 72, "head": 2, "frame": 4, "entropy_bin": 20, "energy_bin": 12}
+    assert ds.map_entropy_hist.dims == ("step", "layer", "head", "entropy_bin")
     assert list(ds.layer.values) == list(ia.attention_layers(animatediff).name)
     assert set(ds.kind.values) == {"spatial", "temporal", "cross"}
     assert ds.index.sel(layer=ds.kind == "spatial").values.tolist() == list(range(1, 17))
