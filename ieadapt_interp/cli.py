@@ -279,22 +279,17 @@ def run_sweep(
 
 # -- report --------------------------------------------------------------------------------------------------
 def summary_table(ds):
-    """Long table of finished jobs: prompt, seed, perturbation (+ its coordinates), metric, value, missing_reason."""
-    frame = ds[["value", "missing_reason", "done"]].to_dataframe().reset_index()
-    frame = frame[frame["done"].astype(bool)].drop(columns="done")
-    return frame.assign(missing_reason=frame["missing_reason"].fillna("").astype(str))
+    """Long table of finished jobs (:func:`ieadapt_interp.sweeps.tables.summary_table`)."""
+    from .sweeps.tables import summary_table
+
+    return summary_table(ds)
 
 
 def effect_table(ds):
-    """Per perturbation × metric: mean over finished (prompt, seed), the baseline's mean, and the change."""
-    value = ds["value"].where(ds["done"])
-    mean = value.mean(("prompt", "seed"), skipna=True)
-    base = mean.sel(perturbation="baseline", drop=True)
-    frame = mean.to_dataframe(name="mean").reset_index()
-    frame["baseline"] = base.sel(metric=frame["metric"].to_numpy()).to_numpy()
-    frame["change"] = frame["mean"] - frame["baseline"]
-    frame["n"] = value.count(("prompt", "seed")).to_numpy().reshape(-1)
-    return frame
+    """Per perturbation × metric: mean, baseline mean, change (:func:`ieadapt_interp.sweeps.tables.effect_table`)."""
+    from .sweeps.tables import effect_table
+
+    return effect_table(ds)
 
 
 def _figures(ds, metric: str) -> dict:

@@ -6,7 +6,8 @@ run's videos (original vs perturbed, side by side) with a Play button and a fram
 :func:`static_views` returns the same views as figures — what papermill / CI should save.
 
 A run with several videos comes from ``ia.trace(..., variants=[None, ia.identity(layer)])``; the
-statistics and maps describe sample 0 (the first variant).
+heatmap averages every sample and branch the statistics recorded (the default ``rows`` of
+:mod:`ieadapt_interp.core.accessor`); the maps show sample 0 (the first variant).
 
 >>> import ieadapt_interp as ia
 >>> pipe = ia.tiny_pipeline()
@@ -24,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from . import figures
-from .findings import video_stats
+from ..core.accessor import select_rows
 from .video import side_by_side, upscale
 from ..core.errors import IEAdaptValueError
 
@@ -69,7 +70,7 @@ def static_views(
     """
     if result.stats is None:
         raise IEAdaptValueError("The run has no statistics: use ieadapt_interp.trace (or generate(capture=True)).")
-    stats = video_stats(result.stats)
+    stats = select_rows(result.stats)  # every sample and branch recorded, pooled (the summaries' default)
     step = int(stats["step"].values[-1]) if step is None else step
     layer = layer or _default_layer(stats, result.maps, kinds)
     views = {
@@ -179,7 +180,7 @@ class Explorer:
                 "The run has no statistics: use ieadapt_interp.trace (or generate(capture=True))."
             )
         self.result = result
-        self.stats = video_stats(result.stats)
+        self.stats = select_rows(result.stats)
         self.maps = result.maps
         self.kinds = kinds
         self.labels = _labels(result.videos, labels)

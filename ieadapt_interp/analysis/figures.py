@@ -38,14 +38,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .findings import (
-    check_sweep,
-    energy_bound_violations,
-    layer_means,
-    metric_change,
-    perturbation_summary,
-    video_stats,
-)
+from ..core.accessor import DEFAULT_ROWS, ENERGY_RTOL, SELF_ATTENTION, Rows, register_plotter, select_rows
+from ..sweeps.tables import check_sweep, metric_change, perturbation_summary
 from ..core.errors import IEAdaptKeyError, IEAdaptValueError
 
 #: Colours per attention kind and per replacement (consistent across figures).
@@ -265,15 +259,17 @@ def entropy_by_layer(
     *,
     var: str = "entropy_pct",
     kinds: Sequence[str] | None = ("spatial", "temporal"),
+    rows: Rows = DEFAULT_ROWS,
     figsize: tuple[float, float] = (11.0, 3.2),
 ) -> Figure:
     """Entropy (% of the uniform map's) per layer, coloured by kind, and its distribution per kind (Fig. 6).
 
     Left: one bar per layer in forward order (mean over steps, heads and frames; whiskers ±1 std; a
     layer with a single key, e.g. a 1×1 bottleneck, has no defined percentage and shows no bar);
-    right: box per kind over its layers. ``fig.data``: :func:`~ieadapt_interp.analysis.findings.layer_means`.
+    right: box per kind over its layers. ``rows``: the CFG branches / samples read (default all, pooled; see
+    :mod:`ieadapt_interp.core.accessor`). ``fig.data``: ``stats.ieadapt.layer_means(var, rows=rows)``.
     """
-    table = layer_means(stats, var)
+    table = select_rows(stats).ieadapt.layer_means(var, rows=rows)
     kinds = _kinds_present(table["kind"].unique(), kinds)
     table = table[table["kind"].isin(kinds)]
     fig = Figure(figsize=figsize, layout="constrained")
@@ -317,18 +313,19 @@ def energy_bounds(
     stats: xr.Dataset,
     *,
     kinds: Sequence[str] | None = ("spatial", "temporal"),
-    rtol: float = 1e-5,
+    rtol: float = ENERGY_RTOL,
+    rows: Rows = DEFAULT_ROWS,
     figsize_per_kind: tuple[float, float] = (9.0, 2.8),
 ) -> Figure:
     """Energy ``E(AV)`` per layer between its bounds ``E(UV)`` and ``E(IV)``, with violations counted (Fig. 4).
 
     Per kind: mean (over steps, heads, frames) of the three energies on a log axis; layers where any
     ``(step, head, frame)`` cell violates ``E(UV) ≤ E(AV) ≤ E(IV)`` are marked with their count, and the
-    panel title gives the total. ``fig.data``: :func:`~ieadapt_interp.analysis.findings.energy_bound_violations`
+    panel title gives the total. ``fig.data``: ``stats.ieadapt.energy_bound_violations(rows=rows, rtol=rtol)``
     joined with the mean energies (columns ``E_AV, E_IV, E_UV``).
     """
-    st = video_stats(stats)
-    table = energy_bound_violations(st, rtol)
+    st = select_rows(stats, rows)
+    table = st.ieadapt.energy_bound_violations(rtol=rtol)
     other = [d for d in st["energy"].dims if d != "layer"]
     for col, var in (("E_AV", "energy"), ("E_IV", "energy_identity"), ("E_UV", "energy_uniform")):
         table[col] = st[var].mean(other, skipna=True).values
@@ -419,9 +416,9 @@ def video_strip(
 
 
 def _select_stat(
-    stats: xr.Dataset, var: str, kinds: Sequence[str] | None, head: int | None, frame: int | None
+    stats: xr.Dataset, var: str, kinds: Sequence[str] | None, head: int | None, frame: int | None, rows: Rows
 ) -> xr.DataArray:
-    st = video_stats(stats)
+    st = select_rows(stats, rows)
     if var not in st:
         raise IEAdaptKeyError(f"stats lacks {var!r}; it has {sorted(st.data_vars)}.")
     da = st[var]
@@ -441,18 +438,25 @@ def entropy_heatmap(
     stats: xr.Dataset,
     *,
     var: str = "entropy_pct",
-    kinds: Sequence[str] | None = ("spatial", "temporal"),
+    kinds: Sequence[str] | None = SELF_ATTENTION,
     head: int | None = None,
     frame: int | None = None,
     mark: tuple[int, str] | None = None,
+    rows: Rows = DEFAULT_ROWS,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
     """Heatmap of ``var``, layer (rows, forward order) × denoising step (columns).
 
-    Averaged over heads / frames unless ``head`` / ``frame`` picks one. ``mark=(step, layer_name)``
-    outlines one cell (the explorer's selection). ``fig.data``: the ``[layer, step]`` DataArray.
+    Layers of ``kinds`` (default: the self-attention kinds present; ``None``: every layer). Averaged over
+    heads / frames unless ``head`` / ``frame`` picks one, and over the ``rows`` (CFG branches / samples;
+    default all, pooled; see :mod:`ieadapt_interp.core.accessor`). ``mark=(step, layer_name)`` outlines one
+    cell (the explorer's selection). ``fig.data``: the ``[layer, step]`` DataArray. Also
+    ``stats.ieadapt.plot_entropy(...)``.
     """
-    da = _select_stat(stats, var, kinds, head, frame)
+    if kinds is not None and "kind" in stats.coords:
+        present = [k for k in kinds if k in set(stats["kind"].values)]
+        kinds = present or kinds  # none present: _select_stat names the kinds asked for
+    da = _select_stat(stats, var, kinds, head, frame, rows)
     n_layers, n_steps = da.shape
     fig = Figure(
         figsize=figsize or (min(12.0, 2.5 + 0.35 * n_steps), min(14.0, 1.5 + 0.14 * n_layers)),
@@ -568,3 +572,6 @@ def attention_map(
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.data = values
     return fig
+
+
+register_plotter("entropy_heatmap", entropy_heatmap)  # ds.ieadapt.plot_entropy draws this figure

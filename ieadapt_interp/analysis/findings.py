@@ -2,18 +2,16 @@
 
 Three layers of functions:
 
-* summaries of one traced run's ``stats`` (``(step, layer, head, frame)`` Dataset from
-  :func:`ieadapt_interp.trace`): :func:`layer_means`, :func:`energy_bound_violations`,
-  :func:`entropy_share`, :func:`energy_position`;
+* summaries of one traced run's ``stats`` (Dataset from :func:`ieadapt_interp.trace`):
+  :func:`layer_means`, :func:`energy_bound_violations` (both the ``ds.ieadapt`` accessor's, which is their one
+  implementation), :func:`entropy_share`, :func:`energy_position`; ``rows=`` picks the CFG branches and samples
+  read (default: all of them, pooled);
 * :func:`findings_perturbations` — the per-layer and all-temporal I / U perturbations the checks read, run by
   :func:`ieadapt_interp.sweep` into a sweep Dataset ``value[prompt, seed, perturbation, metric]``;
 * :func:`check_findings` (pure, on those two) and :func:`run_findings_check` (generates them) →
   a DataFrame ``(id, finding, measure, effect, holds, detail)``; :func:`findings_markdown` renders it.
 
-Sweep-shaped Dataset (also what :mod:`ieadapt_interp.analysis.figures` reads): dims ``(prompt, seed,
-perturbation, metric)``, variable ``value``; coordinates along ``perturbation``: ``layer`` (module path;
-for a group its members' paths joined by ``;``), ``kind``, ``block``, ``index`` (−1 for the baseline and groups), ``replacement``
-(``"none"`` marks the unperturbed baseline), ``lam``.
+The sweep Dataset and the helpers that read it (baseline, metric changes): :mod:`ieadapt_interp.sweeps.tables`.
 
 >>> import numpy as np, xarray as xr
 >>> ds = xr.Dataset({"energy": (("step", "layer", "head", "frame"), np.full((1, 1, 1, 2), 2.0)),
@@ -36,6 +34,17 @@ import pandas as pd
 import xarray as xr
 
 from ..methods.perturbation import Layers, Perturbation
+from ..core.adapters import attention_layers
+from ..core.accessor import DEFAULT_ROWS, ENERGY_RTOL, Rows, select_rows
+from ..sweeps import tables as _tables
+from ..sweeps.tables import (  # noqa: F401  (sweep-table helpers, re-exported where they used to live)
+    baseline_mask,
+    check_sweep,
+    mean_change,
+    metric_change,
+    per_layer_change,
+    perturbation_summary,
+)
 from ..core.errors import IEAdaptKeyError, IEAdaptTypeError, IEAdaptValueError
 
 #: Metrics the findings check reads (all weight-free).
@@ -45,105 +54,77 @@ TEMPORAL_GROUP = "temporal.all"
 
 
 # --------------------------------------------------------------------------- summaries of stats
+# Per-layer summaries live in the ``ds.ieadapt`` accessor (core/accessor.py); these call it. ``rows`` says
+# which CFG branches and samples are read (default ``"all"``: every one, pooled; see the accessor).
 
 
 def video_stats(stats: xr.Dataset, sample: int = 0, branch: str | None = None) -> xr.Dataset:
-    """``stats`` reduced to ``(step, layer, head, frame)``: picks one ``sample`` / ``branch`` when present."""
+    """``stats`` reduced to ``(step, layer, head, frame)``: one ``sample`` and one ``branch`` (default: the first).
+
+    The explicit single-row view; summaries take ``rows=`` instead (:func:`ieadapt_interp.core.accessor.select_rows`).
+    """
     if not isinstance(stats, xr.Dataset):
         raise IEAdaptTypeError(
             f"expected the stats Dataset of a traced run (Result.stats); got {type(stats).__name__}."
         )
-    if "sample" in stats.dims:
-        stats = stats.isel(sample=sample)
+    rows: dict = {"sample": sample}
     if "branch" in stats.dims:
-        stats = stats.sel(branch=branch) if branch is not None else stats.isel(branch=0)
+        rows["branch"] = branch if branch is not None else str(stats["branch"].values[0])
+    stats = select_rows(stats, rows)
     missing = {"step", "layer"} - set(stats.dims)
     if missing:
         raise IEAdaptValueError(f"stats lacks dims {sorted(missing)}; expected (step, layer, head, frame).")
     return stats
 
 
-def _need(stats: xr.Dataset, *names: str) -> None:
-    missing = [n for n in names if n not in stats]
-    if missing:
-        raise IEAdaptKeyError(
-            f"stats lacks variable(s) {missing}; it has {sorted(stats.data_vars)}. "
-            "Use the Dataset returned by ieadapt_interp.trace(...).stats."
-        )
-
-
-def _layer_frame(stats: xr.Dataset) -> pd.DataFrame:
-    cols = {c: stats[c].values for c in ("kind", "block", "index") if c in stats.coords}
-    return pd.DataFrame(cols, index=pd.Index(stats["layer"].values, name="layer"))
-
-
 def layer_means(
-    stats: xr.Dataset, var: str = "entropy_pct", kinds: Sequence[str] | None = None
+    stats: xr.Dataset, var: str = "entropy_pct", kinds: Sequence[str] | None = None, *, rows: Rows = DEFAULT_ROWS
 ) -> pd.DataFrame:
     """Per layer: mean and std of ``var`` over all other dims → DataFrame indexed by layer.
 
     Columns ``kind, block, index, mean, std``; in the stats' (forward) order, filtered to ``kinds``.
+    The accessor's :meth:`~ieadapt_interp.core.accessor.IEAdaptAccessor.layer_means`.
     """
-    stats = video_stats(stats)
-    _need(stats, var)
-    other = [d for d in stats[var].dims if d != "layer"]
-    table = _layer_frame(stats)
-    table["mean"] = stats[var].mean(other, skipna=True).values
-    table["std"] = stats[var].std(other, skipna=True).values
-    if kinds is not None:
-        table = table[table["kind"].isin(list(kinds))]
-    return table
+    return select_rows(stats).ieadapt.layer_means(var, kind=kinds, rows=rows)
 
 
-def energy_bound_violations(stats: xr.Dataset, rtol: float = 1e-5) -> pd.DataFrame:
+def energy_bound_violations(stats: xr.Dataset, rtol: float = ENERGY_RTOL, *, rows: Rows = DEFAULT_ROWS) -> pd.DataFrame:
     """Count, per layer, entries violating ``E(UV) ≤ E(AV) ≤ E(IV)`` (paper Fig. 4 / Eq. 2).
 
-    An entry is one ``(step, head, frame)`` cell; ``below_uniform`` counts ``E(AV) < E(UV)·(1−rtol)``,
-    ``above_identity`` counts ``E(AV) > E(IV)·(1+rtol)`` (``rtol`` absorbs float rounding only).
-    Returns columns ``kind, block, index, n, below_uniform, above_identity, violations, rate``.
+    The accessor's :meth:`~ieadapt_interp.core.accessor.IEAdaptAccessor.energy_bound_violations`: columns
+    ``kind, block, index, n, below_uniform, above_identity, violations, rate``.
     """
-    stats = video_stats(stats)
-    _need(stats, "energy", "energy_identity", "energy_uniform")
-    e, ei, eu = stats["energy"], stats["energy_identity"], stats["energy_uniform"]
-    valid = e.notnull() & ei.notnull() & eu.notnull()
-    other = [d for d in e.dims if d != "layer"]
-    below = ((e < eu * (1 - rtol)) & valid).sum(other)
-    above = ((e > ei * (1 + rtol)) & valid).sum(other)
-    table = _layer_frame(stats)
-    table["n"] = valid.sum(other).values.astype(int)
-    table["below_uniform"] = below.values.astype(int)
-    table["above_identity"] = above.values.astype(int)
-    table["violations"] = table["below_uniform"] + table["above_identity"]
-    table["rate"] = table["violations"] / table["n"].where(table["n"] > 0)
-    return table
+    return select_rows(stats).ieadapt.energy_bound_violations(rows=rows, rtol=rtol)
 
 
-def violation_summary(stats: xr.Dataset, rtol: float = 1e-5) -> pd.DataFrame:
+def violation_summary(stats: xr.Dataset, rtol: float = ENERGY_RTOL, *, rows: Rows = DEFAULT_ROWS) -> pd.DataFrame:
     """:func:`energy_bound_violations` summed per kind: ``n, below_uniform, above_identity, violations, rate``."""
-    table = energy_bound_violations(stats, rtol)
+    table = energy_bound_violations(stats, rtol, rows=rows)
     summary = table.groupby("kind")[["n", "below_uniform", "above_identity", "violations"]].sum()
     summary["rate"] = summary["violations"] / summary["n"].where(summary["n"] > 0)
     return summary
 
 
-def energy_position(stats: xr.Dataset) -> xr.DataArray:
+def energy_position(stats: xr.Dataset, *, rows: Rows = DEFAULT_ROWS) -> xr.DataArray:
     """Where ``E(AV)`` sits between its bounds: ``(E(AV) − E(UV)) / (E(IV) − E(UV))`` (0 = at U, 1 = at I).
 
-    Same dims as ``stats.energy``; NaN where the bounds coincide.
+    Same dims as ``stats.energy`` of the chosen ``rows``; NaN where the bounds coincide.
     """
-    stats = video_stats(stats)
+    stats = select_rows(stats, rows)
     _need(stats, "energy", "energy_identity", "energy_uniform")
     span = stats["energy_identity"] - stats["energy_uniform"]
     return ((stats["energy"] - stats["energy_uniform"]) / span.where(span > 0)).rename("energy_position")
 
 
-def entropy_share(stats: xr.Dataset, kind: str = "temporal", threshold: float = 90.0) -> float:
+def entropy_share(
+    stats: xr.Dataset, kind: str = "temporal", threshold: float = 90.0, *, rows: Rows = DEFAULT_ROWS
+) -> float:
     """Fraction of ``kind`` maps whose entropy is ≥ ``threshold`` % of the maximum.
 
-    A map is one ``(step, layer, head)`` of a ``kind`` layer, its entropy the mean over frames
-    (``entropy_pct``). NaN when the stats hold no layer of that kind.
+    A map is one ``(step, layer, head)`` of a ``kind`` layer in one of the chosen ``rows``, its entropy the
+    mean over frames (``entropy_pct``). NaN when the stats hold no layer of that kind.
     """
-    stats = video_stats(stats)
+    stats = select_rows(stats, rows)
     _need(stats, "entropy_pct")
     if "kind" not in stats.coords:
         raise IEAdaptKeyError("stats has no 'kind' coordinate on layer; use ieadapt_interp.trace(...).stats.")
@@ -155,100 +136,21 @@ def entropy_share(stats: xr.Dataset, kind: str = "temporal", threshold: float = 
     return float((values >= threshold).mean()) if values.size else float("nan")
 
 
-# --------------------------------------------------------------------------- metric changes
-
-
-def check_sweep(ds: xr.Dataset) -> None:
-    """Raise a clear error unless ``ds`` is sweep-shaped (module docstring)."""
-    if not isinstance(ds, xr.Dataset) or "value" not in ds:
-        raise IEAdaptTypeError(
-            "expected a sweep Dataset with a 'value' variable over (prompt, seed, perturbation, metric)."
+def _need(stats: xr.Dataset, *names: str) -> None:
+    missing = [n for n in names if n not in stats]
+    if missing:
+        raise IEAdaptKeyError(
+            f"stats lacks variable(s) {missing}; it has {sorted(stats.data_vars)}. "
+            "Use the Dataset returned by ieadapt_interp.trace(...).stats."
         )
-    missing = [c for c in ("replacement", "layer", "kind") if c not in ds.coords]
-    if missing or "perturbation" not in ds["value"].dims or "metric" not in ds["value"].dims:
-        raise IEAdaptValueError(
-            f"sweep Dataset lacks {missing or 'dims perturbation/metric'}; perturbation coordinates "
-            "must carry layer, kind, index, replacement (and 'none' for the baseline)."
-        )
-
-
-def metric_change(ds: xr.Dataset, metric: str) -> xr.DataArray:
-    """``value − baseline value`` of ``metric`` per ``(prompt, seed, perturbation)``, baseline dropped.
-
-    The baseline is the perturbation whose ``replacement`` is ``"none"``; without one, the raw values
-    are returned (attr ``relative=False``).
-    """
-    check_sweep(ds)
-    if metric not in ds["metric"].values:
-        raise IEAdaptKeyError(f"metric {metric!r} not in the sweep; it has {list(ds['metric'].values)}.")
-    value = ds["value"].sel(metric=metric, drop=True)
-    is_base = ds["replacement"] == "none"
-    if not bool(is_base.any()):
-        out = value.copy()
-        out.attrs["relative"] = False
-        return out
-    base = value.isel(perturbation=int(np.argmax(np.asarray(is_base))), drop=True)
-    out = (value - base).isel(perturbation=~np.asarray(is_base))
-    out.attrs["relative"] = True
-    return out
-
-
-def _mean_change(ds: xr.Dataset, metric: str, perturbation: str) -> float:
-    """Mean change of ``metric`` under the perturbation named ``perturbation`` (NaN if the sweep lacks it)."""
-    change = metric_change(ds, metric)
-    if perturbation not in change["perturbation"].values:
-        return float("nan")
-    return float(change.sel(perturbation=perturbation).mean(skipna=True))
-
-
-def _per_layer(ds: xr.Dataset, metric: str, kind: str, replacement: str) -> pd.Series:
-    """Mean change per layer of ``kind`` (index → value), single-layer perturbations only."""
-    change = metric_change(ds, metric)
-    keep = (change["kind"] == kind) & (change["replacement"] == replacement) & (change["index"] >= 0)
-    sel = change.isel(perturbation=np.asarray(keep))
-    means = sel.mean([d for d in sel.dims if d != "perturbation"], skipna=True)
-    return pd.Series(
-        means.values, index=pd.Index(sel["index"].values, name="index"), name=f"{metric}:{replacement}"
-    ).sort_index()
 
 
 # --------------------------------------------------------------------------- the findings
 
 
-def perturbation_summary(ds: xr.Dataset, metric: str) -> tuple[pd.DataFrame, bool]:
-    """Per perturbation (baseline dropped): the mean and std of :func:`metric_change` over prompts × seeds.
-
-    Returns ``(DataFrame perturbation, replacement, lam, mean, std; relative)`` — ``relative`` is False when the
-    sweep has no baseline and the values are raw.
-    """
-    change = metric_change(ds, metric)
-    other = [d for d in change.dims if d != "perturbation"]
-    summary = pd.DataFrame(
-        {
-            "perturbation": [str(p) for p in change["perturbation"].values],
-            "replacement": [str(r) for r in change["replacement"].values],
-            "lam": change["lam"].values.astype(float) if "lam" in change.coords else np.nan,
-            "mean": change.mean(other, skipna=True).values,
-            "std": change.std(other, skipna=True).values,
-        }
-    )
-    return summary, bool(change.attrs.get("relative", False))
-
-
 def lambda_curve(ds: xr.Dataset, metric: str, group: str = TEMPORAL_GROUP) -> pd.Series:
-    """Mean change of ``metric`` against λ for the I↔U axis of one layer group: ``{λ: Δ}``, sorted by λ.
-
-    Points are the perturbations named ``<group>:…`` whose replacement is ``uniform`` (λ = 0), ``mix`` (its λ)
-    or ``identity`` (λ = 1) — :func:`findings_perturbations` names them so. Empty when the sweep has none.
-    """
-    summary, _ = perturbation_summary(ds, metric)
-    keep = summary["perturbation"].str.startswith(f"{group}:") & summary["replacement"].isin(
-        ["uniform", "mix", "identity"]
-    )
-    points = summary[keep]
-    return pd.Series(
-        points["mean"].values, index=pd.Index(points["lam"].values, name="lam"), name=metric, dtype=float
-    ).groupby(level=0).mean()
+    """:func:`ieadapt_interp.sweeps.tables.lambda_curve` for the findings' temporal group by default."""
+    return _tables.lambda_curve(ds, metric, group)
 
 
 def _row(fid: str, finding: str, measure: str, effect: float, holds: bool | None, detail: str = "") -> dict:
@@ -279,7 +181,7 @@ def check_findings(
     entropy_threshold: float = 90.0,
     share_needed: float = 0.70,
     near_uniform: float = 0.25,
-    rtol: float = 1e-5,
+    rtol: float = ENERGY_RTOL,
 ) -> pd.DataFrame:
     """Test DESIGN.md §2's findings on a perturbation table and a traced run's stats.
 
@@ -295,8 +197,8 @@ def check_findings(
     has_spatial = table is not None and bool((table["kind"] == "spatial").any())
     if has_spatial and _has_metric(table, "ssim"):
         ssim_i, ssim_u = (
-            _per_layer(table, "ssim", "spatial", "identity"),
-            _per_layer(table, "ssim", "spatial", "uniform"),
+            per_layer_change(table, "ssim", "spatial", "identity"),
+            per_layer_change(table, "ssim", "spatial", "uniform"),
         )
         first, last = int(ssim_i.index.min()), int(ssim_i.index.max())
         spatial = table.isel(perturbation=np.asarray((table["kind"] == "spatial") & (table["index"] >= 0)))
@@ -364,7 +266,7 @@ def check_findings(
             )
         ]
     if has_spatial and _has_metric(table, "temporal_ssim"):
-        ts_i = _per_layer(table, "temporal_ssim", "spatial", "identity")
+        ts_i = per_layer_change(table, "temporal_ssim", "spatial", "identity")
         last = int(ts_i.index.max())
         effect = float(ts_i[last])
         rows.append(
@@ -394,8 +296,8 @@ def check_findings(
 
         def temporal_change(metric: str, rep: str) -> float:
             if in_group:
-                return _mean_change(table, metric, f"{temporal_group}:{rep}")
-            return float(_per_layer(table, metric, "temporal", rep).mean())
+                return mean_change(table, metric, f"{temporal_group}:{rep}")
+            return float(per_layer_change(table, metric, "temporal", rep).mean())
 
         for fid, rep, finding, sign in (
             ("3a", "uniform", "Temporal maps ← U give a more static video", -1),
@@ -447,8 +349,7 @@ def check_findings(
                 None if np.isnan(share) else share > share_needed,
             )
         )
-        st = video_stats(stats)
-        position = energy_position(st.isel(layer=np.asarray(st["kind"] == "spatial")))
+        position = energy_position(stats.isel(layer=np.asarray(stats["kind"] == "spatial")))
         median = float(position.median(skipna=True)) if position.size else float("nan")
         rows.append(
             _row(
@@ -515,9 +416,9 @@ def findings_perturbations(
     kind (when the model has one); names ``spatial.16:identity``, ``temporal.all:uniform``,
     ``temporal.all:mix(0.5)``, …
     """
-    from ..sweeps.presets import all_layers, lambda_sweep, layer_table, single_layer
+    from ..sweeps.presets import all_layers, lambda_sweep, single_layer
 
-    table = layer_table(pipe)
+    table = attention_layers(pipe) if not isinstance(pipe, pd.DataFrame) else pipe
     perturbations = single_layer(table, kinds, replacements, names=layers)
     if (table["kind"] == "temporal").any():
         perturbations.update(all_layers(table, ("temporal",), replacements))

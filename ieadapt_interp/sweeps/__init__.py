@@ -8,6 +8,7 @@ Modules, one concept each:
 * :mod:`.engines` — ``local`` and ``ray`` execution, fed by a :class:`Schedule`;
 * :mod:`.store` — the zarr layout and its SIGKILL-safe write protocol;
 * :mod:`.media` — optional per-job mp4 / GIF;
+* :mod:`.tables` — reading a sweep table: the baseline, metric changes, per-layer / per-perturbation summaries;
 * :mod:`.run` — :func:`sweep` and :func:`open_sweep`.
 
 >>> import ieadapt_interp as ia

@@ -21,12 +21,15 @@ labels). ``pipe`` may be a pipeline or its :func:`ieadapt_interp.attention_layer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..core.accessor import DEFAULT_ROWS, Rows
+from ..core.adapters import attention_layers
 from ..methods.perturbation import Layers, LayerSpec, Perturbation, as_layers, identity, mix, uniform
 from ..core.errors import IEAdaptValueError
 
@@ -78,13 +81,18 @@ def generation(name: str, **overrides: Any) -> dict[str, Any]:
     return {**GENERATION[key], **overrides}
 
 
-def layer_table(pipe_or_table) -> pd.DataFrame:
+def _attention_layers(pipe_or_table) -> pd.DataFrame:
     """:func:`ieadapt_interp.attention_layers` of a pipeline; a table given instead is returned as is."""
     if isinstance(pipe_or_table, pd.DataFrame):
         return pipe_or_table
-    from ..core.adapters import attention_layers
-
     return attention_layers(pipe_or_table)
+
+
+def layer_table(pipe_or_table) -> pd.DataFrame:
+    """Deprecated alias (one release) of :func:`ieadapt_interp.attention_layers` (a table passes through)."""
+    warnings.warn("presets.layer_table is deprecated; use ieadapt_interp.attention_layers(pipe).",
+                  DeprecationWarning, stacklevel=2)
+    return _attention_layers(pipe_or_table)
 
 
 def _replacer(name: str):
@@ -128,7 +136,7 @@ def single_layer(
     so ``spatial.16`` is AnimateDiff's last spatial layer). Ordered by replacement, then layer.
     ``names`` (module paths) restricts the layers further; an unknown name raises ``KeyError``.
     """
-    table = layer_table(pipe)
+    table = _attention_layers(pipe)
     if names is not None:
         table = table[table["name"].isin(Layers(names=tuple(names)).resolve(table))]
         kinds = [k for k in ([kinds] if isinstance(kinds, str) else kinds) if k in set(table["kind"])]
@@ -155,24 +163,25 @@ def all_layers(
     >>> sorted(all_layers(ia.tiny_pipeline("animatediff")))
     ['temporal.all:identity', 'temporal.all:uniform']
     """
-    table = layer_table(pipe)
+    table = _attention_layers(pipe)
     out: dict[str, Perturbation] = {}
     for kind in _kinds(table, kinds):
         out.update(_group(f"{kind}.all", list(table.loc[table["kind"] == kind, "name"]), replacements))
     return out
 
 
-def layer_entropy(stats) -> pd.Series:
-    """Mean normalised entropy (%) per layer of a calibration trace's ``stats`` (over step, head, frame).
+def layer_entropy(stats, rows: Rows = DEFAULT_ROWS) -> pd.Series:
+    """Mean normalised entropy (%) per layer of a calibration trace's ``stats``: ``stats.ieadapt.layer_entropy``.
 
-    ``stats``: the ``xr.Dataset`` of :func:`ieadapt_interp.trace` (``entropy_pct [step, layer, head, frame]``).
+    ``stats``: the ``xr.Dataset`` of :func:`ieadapt_interp.trace`; ``rows``: the CFG branches / samples read
+    (default all, pooled; see :mod:`ieadapt_interp.core.accessor`).
     """
     if "entropy_pct" not in getattr(stats, "data_vars", {}):
         raise IEAdaptValueError(
             "stats must be the .stats Dataset of ieadapt_interp.trace(...) (with entropy_pct); "
             "run calibration_stats(pipe, prompt) to get one."
         )
-    mean = stats["entropy_pct"].mean([d for d in stats["entropy_pct"].dims if d != "layer"], skipna=True)
+    mean = stats.ieadapt.layer_entropy(rows=rows)
     return pd.Series(np.asarray(mean.values, dtype=float), index=[str(x) for x in mean["layer"].values])
 
 
@@ -200,7 +209,7 @@ def entropy_split(
     """
     if not 0.0 < fraction <= 1.0:
         raise IEAdaptValueError(f"fraction must be in (0, 1]; got {fraction}.")
-    table, entropy = layer_table(pipe), layer_entropy(stats)
+    table, entropy = _attention_layers(pipe), layer_entropy(stats)
     out: dict[str, Perturbation] = {}
     pct = f"{fraction * 100:g}%"
     for kind in _kinds(table, kinds):
@@ -227,7 +236,7 @@ def up_down(
 
     Models without down/up blocks (CogVideoX) raise: use :func:`per_block` there.
     """
-    table = layer_table(pipe)
+    table = _attention_layers(pipe)
     out: dict[str, Perturbation] = {}
     for kind in _kinds(table, kinds):
         rows = table[table["kind"] == kind]
@@ -248,7 +257,7 @@ def per_block(
     replacements: Sequence[str] = ("identity", "uniform"),
 ) -> dict[str, Perturbation]:
     """All layers of a kind within one block, block by block: ``temporal@down.1:identity``, …"""
-    table = layer_table(pipe)
+    table = _attention_layers(pipe)
     out: dict[str, Perturbation] = {}
     for kind in _kinds(table, kinds):
         rows = table[table["kind"] == kind]

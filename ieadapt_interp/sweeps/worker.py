@@ -142,20 +142,27 @@ class Worker:
 
         return {"device": self.device, "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
-    def layer_table(self):
+    def attention_layers(self):
         """:func:`ieadapt_interp.attention_layers` of the held pipeline (a DataFrame)."""
         from ..core.adapters import attention_layers
 
         return attention_layers(self.pipe)
 
+    def layer_table(self):
+        """Deprecated alias (one release) of :meth:`attention_layers`."""
+        import warnings
+
+        warnings.warn("Worker.layer_table is deprecated; use Worker.attention_layers.", DeprecationWarning, stacklevel=2)
+        return self.attention_layers()
+
     def describe(self, variants: Sequence[Sequence[dict]]) -> list[dict]:
         """Check the metrics (:meth:`check_metrics`) and resolve every variant's layers (KeyError /
-        ValueError for unknown ones) → one coordinate record per variant."""
+        ValueError for unknown ones) → one dict of perturbation coordinates per variant."""
         from ..methods.perturbation import Perturbation
 
         self.check_metrics()
 
-        table = self.layer_table().set_index("name", drop=False)
+        table = self.attention_layers().set_index("name", drop=False)
         out = []
         for variant in variants:
             perts = [Perturbation.from_dict(d) for d in variant]
