@@ -1,12 +1,13 @@
 # Two commands for a fresh Linux machine with Python 3.11:
 #   make run    set up .venv and execute every notebook headless on the embedded model (outputs in runs/)
 #   make test   set up .venv and run the whole test suite
+#   make lab    set up .venv and open the notebooks in JupyterLab (more options in LAB_ARGS, e.g. --no-browser)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup run test lab clean
 
 setup: $(STAMP)
 
@@ -23,6 +24,13 @@ run: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# root (containers, CI machines) needs --allow-root to start the server
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lab: setup
+	HF_HUB_OFFLINE=1 $(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from . import figures
+from .display import FigureSet
 from ..core.accessor import select_rows
 from .video import side_by_side, upscale
 from ..core.errors import IEAdaptValueError
@@ -61,9 +62,9 @@ def static_views(
     frame: int | None = None,
     labels: Sequence[str] | None = None,
     kinds: Sequence[str] | None = ("spatial", "temporal"),
-) -> dict[str, figures.Figure]:
+) -> FigureSet:
     """The explorer's views as figures: ``entropy_heatmap``, ``attention_map`` (when the run has maps for
-    ``layer``) and ``video_strip``.
+    ``layer``) and ``video_strip``, as a ``{name: Figure}`` dict that a notebook shows as images.
 
     ``result``: an :class:`ieadapt_interp.Result` with ``stats`` (trace). ``step`` defaults to the last
     step, ``layer`` to the first layer with a materialised map; ``head`` / ``frame`` ``None`` = mean.
@@ -73,11 +74,9 @@ def static_views(
     stats = select_rows(result.stats)  # every sample and branch recorded, pooled (the summaries' default)
     step = int(stats["step"].values[-1]) if step is None else step
     layer = layer or _default_layer(stats, result.maps, kinds)
-    views = {
-        "entropy_heatmap": figures.entropy_heatmap(
-            stats, kinds=kinds, head=head, frame=frame, mark=(step, layer)
-        )
-    }
+    views = FigureSet(
+        entropy_heatmap=figures.entropy_heatmap(stats, kinds=kinds, head=head, frame=frame, mark=(step, layer))
+    )
     if result.maps is not None and layer in result.maps.children:
         map_steps = list(result.maps[layer]["attention"]["step"].values)
         views["attention_map"] = figures.attention_map(
@@ -297,7 +296,7 @@ def explore(result, *, interactive: bool = True, out_dir=None, **kwargs):
     figures (``{name: Figure}``). With ``out_dir`` the static views are saved as ``explorer_<name>.png``
     in both modes. ``kwargs`` go to :class:`Explorer` / :func:`static_views` (``labels``, ``kinds``).
     """
-    views = static_views(result, **kwargs) if (out_dir is not None or not interactive) else {}
+    views = static_views(result, **kwargs) if (out_dir is not None or not interactive) else FigureSet()
     if out_dir is not None:
         for name, fig in views.items():
             figures.save_figure(fig, out_dir, f"explorer_{name}")

@@ -18,7 +18,7 @@ Inputs: a sweep-shaped Dataset ``value[prompt, seed, perturbation, metric]`` (se
 :mod:`ieadapt_interp.analysis.findings`), a traced run's ``stats`` ``(step, layer, head, frame)``, its ``maps``
 DataTree, or videos ``[frame, H, W, 3]``. Every figure carries the plotted numbers as ``fig.data`` (a
 DataFrame or array) so they can be checked or exported. Figures are built without pyplot (no global
-state); Jupyter displays a returned figure, :func:`save_figure` writes it.
+state); Jupyter displays a returned figure as an image (:mod:`.display`), :func:`save_figure` writes it.
 
 >>> import numpy as np
 >>> fig = video_strip(np.zeros((2, 4, 16, 16, 3), np.uint8), labels=["A", "A ← I"])
@@ -41,6 +41,9 @@ from matplotlib.ticker import MaxNLocator
 from ..core.accessor import DEFAULT_ROWS, ENERGY_RTOL, SELF_ATTENTION, Rows, register_plotter, select_rows
 from ..sweeps.tables import check_sweep, metric_change, perturbation_summary
 from ..core.errors import IEAdaptKeyError, IEAdaptValueError
+from .display import register_figure_display
+
+register_figure_display()  # figures display as PNG images in Jupyter (see analysis/display.py)
 
 #: Colours per attention kind and per replacement (consistent across figures).
 KIND_COLORS = {"spatial": "#1f77b4", "temporal": "#d62728", "cross": "#7f7f7f", "joint": "#9467bd"}
