@@ -1,11 +1,15 @@
 """ieadapt_interp — understand and steer attention in text-to-video diffusion models.
 
 Entropy and energy of every spatial, temporal and joint attention layer as xarray, closed-form
-identity / uniform perturbations, IE-Adapt guidance and editing (Understanding Attention Mechanism in
-Video Diffusion Models).
+identity / uniform perturbations of attention maps, and the handler contract at the attention call that
+the paper's steering methods (IE-Adapt, Understanding Attention Mechanism in Video Diffusion Models) are
+built on; :mod:`ieadapt_interp.methods` holds the methods this version ships.
+
+One loader takes every model spec: ``ia.load_pipeline()`` (the embedded model), ``"tiny:animatediff"``,
+a folder, or a hub id in the local cache. User errors derive from :class:`IEAdaptError`.
 
 >>> import ieadapt_interp as ia
->>> pipe = ia.tiny_pipeline("animatediff")
+>>> pipe = ia.load_pipeline("tiny:animatediff")
 >>> int((ia.attention_layers(pipe).kind == "spatial").sum())
 16
 """
@@ -14,18 +18,18 @@ Video Diffusion Models).
 from .core import accessor as _accessor  # noqa: F401  (registers ds.ieadapt)
 from .core.adapters import ADAPTERS, Adapter, attention_layers, get_adapter
 from .core.errors import IEAdaptError
-from .core.handlers import AttentionHandler, CallContext
+from .core.handlers import AttentionHandler, CallContext, HookPointHandler, LayerStats, MapRecorder, StatsRecorder
 from .core.interception import Interception
 from .core.maps import MapRequest
 from .core.versions import show_versions
 
-# models: loaders, the embedded model
+# models: one loader for every model spec (tiny_pipeline: the builder behind "tiny:<arch>")
 from .models.pipelines import load_pipeline, tiny_pipeline
 from .models.specs import resolve_model
 
 # methods: perturbation, attending from another row, runs
-from .methods.attend_from import AttendFrom
-from .methods.perturbation import Layers, Perturbation, identity, mix, scale, uniform
+from .methods.attend_from import AttendFrom, AttendFromHandler
+from .methods.perturbation import Layers, Perturbation, PerturbationHandler, identity, mix, scale, uniform
 from .methods.tracing import Result, generate, trace
 
 # metrics, sweeps, analysis
@@ -44,8 +48,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ieadapt_interp' has no attribute {name!r}")
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AttendFrom", "AttentionHandler", "CallContext", "IEAdaptError", "Interception",
-    "Layers", "MapRequest",
+    "ADAPTERS", "Adapter", "AttendFrom", "AttendFromHandler", "AttentionHandler", "CallContext", "HookPointHandler",
+    "IEAdaptError", "Interception", "LayerStats", "Layers", "MapRecorder", "MapRequest", "PerturbationHandler",
+    "StatsRecorder",
     "Perturbation", "Result", "attention_layers", "explorer", "figures", "findings", "generate", "get_adapter",
     "identity", "load_pipeline", "metrics", "mix", "open_sweep", "presets", "resolve_model", "scale",
     "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform", "video",

@@ -117,8 +117,6 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 def model_spec(config: Mapping[str, Any]):
     """The picklable model spec of a config (``model`` + optional ``motion_adapter``)."""
     model = config.get("model")
-    if isinstance(model, str) and model.startswith("tiny:"):
-        return ("tiny", model.split(":", 1)[1])
     if config.get("motion_adapter"):
         return {"model": model, "motion_adapter": config["motion_adapter"]}
     return model

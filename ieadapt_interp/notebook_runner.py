@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from .core.errors import IEAdaptFileNotFoundError
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+#: The notebooks: ``ieadapt_interp/notebooks`` — in a clone a link to the repository's ``notebooks/``, in an
+#: installed wheel (``pip install .``) the files themselves (package data).
+NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 
 #: Overrides for the headless main job: static figures instead of widgets (papermill cannot run widget
 #: event loops reliably), one prompt and 10 denoising steps for the per-layer sweeps, so that all notebooks
@@ -30,7 +32,10 @@ HEADLESS: dict[str, dict] = {
 def notebook_paths(folder: Path = NOTEBOOK_DIR) -> list[Path]:
     """The repository's notebooks in order (``00_…``, ``01_…``)."""
     if not folder.is_dir():
-        raise IEAdaptFileNotFoundError(f"No notebooks folder at {folder}; run from a clone of the repository.")
+        raise IEAdaptFileNotFoundError(
+            f"No notebooks folder at {folder}; reinstall the package (`pip install .` ships the notebooks) or "
+            "run from a clone of the repository."
+        )
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
 

@@ -13,7 +13,6 @@ from matplotlib.container import BarContainer
 from matplotlib.patches import Rectangle
 
 from ieadapt_interp import explorer, figures, video
-from ieadapt_interp.models.specs import resolve_model
 
 LAST_SPATIAL = "up_blocks.3.attentions.2.transformer_blocks.0.attn1"
 FIRST_TEMPORAL = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1"
@@ -296,14 +295,6 @@ def test_video_mp4_h264(tmp_path):
     pytest.importorskip("imageio_ffmpeg")
     data, mime = video.encode_video(np.zeros((4, 15, 9, 3), np.uint8), format="mp4")  # odd sides get padded
     assert mime == "video/mp4" and data[4:8] == b"ftyp"
-
-
-def test_resolve_model_names():
-    assert type(resolve_model("tiny-animatediff")).__name__ == "AnimateDiffPipeline"
-    with pytest.raises(ValueError, match="neither one of"):
-        resolve_model("no-such-model")
-    with pytest.raises(ValueError, match="unknown tiny|Unknown tiny"):
-        resolve_model("tiny-wan")
 
 
 def test_explore_static_for_headless_and_widget(run, tmp_path):

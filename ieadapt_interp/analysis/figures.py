@@ -384,9 +384,9 @@ def video_strip(
     ``frames``: which frame indices (default: up to ``max_frames`` evenly spaced). ``fig.data``: the
     frame indices shown.
     """
-    from .video import check_video
+    from .video import as_uint8_video
 
-    items = [check_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
+    items = [as_uint8_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
     if not items:
         raise IEAdaptValueError("video_strip needs at least one video.")
     n_frames = items[0].shape[0]

@@ -28,8 +28,15 @@ from ..core.errors import IEAdaptValueError
 VideoFormat = Literal["auto", "mp4", "gif"]
 
 
-def check_video(video: np.ndarray, name: str = "video") -> np.ndarray:
-    """``video`` as a uint8 ``[frame, H, W, 3]`` array; a clear error otherwise."""
+def as_uint8_video(video: np.ndarray, name: str = "video") -> np.ndarray:
+    """``video`` converted to a uint8 ``[frame, H, W, 3]`` array for display; a clear error for a wrong shape.
+
+    Floats in ``[0, 1]`` are scaled to ``[0, 255]``, other dtypes clipped to ``[0, 255]``. (The metrics'
+    :func:`ieadapt_interp.metrics.video.check_video` converts nothing: it rejects every non-uint8 video.)
+
+    >>> as_uint8_video(np.ones((1, 2, 2, 3)))[0, 0, 0].tolist()
+    [255, 255, 255]
+    """
     arr = np.asarray(video)
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise IEAdaptValueError(
@@ -41,6 +48,14 @@ def check_video(video: np.ndarray, name: str = "video") -> np.ndarray:
             arr = (np.clip(arr, 0, 1) * 255).round()
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return arr
+
+
+def check_video(video: np.ndarray, name: str = "video") -> np.ndarray:
+    """Deprecated alias (one release) of :func:`as_uint8_video` (it converts; the metrics' check_video rejects)."""
+    import warnings
+
+    warnings.warn("analysis.video.check_video is deprecated; use as_uint8_video.", DeprecationWarning, stacklevel=2)
+    return as_uint8_video(video, name)
 
 
 def has_h264() -> bool:
@@ -56,7 +71,7 @@ def upscale(video: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling ``[f, H, W, 3]`` → ``[f, H·factor, W·factor, 3]`` (tiny videos stay crisp)."""
     if factor < 1:
         raise IEAdaptValueError(f"upscale factor must be ≥ 1; got {factor}.")
-    video = check_video(video)
+    video = as_uint8_video(video)
     return video if factor == 1 else video.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
@@ -66,7 +81,7 @@ def side_by_side(videos: Sequence[np.ndarray] | np.ndarray, gap: int = 2, fill: 
     ``videos``: a list of ``[frame, H, W, 3]`` or one ``[sample, frame, H, W, 3]`` array; all must share
     frame count and height.
     """
-    items = [check_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
+    items = [as_uint8_video(v, f"videos[{i}]") for i, v in enumerate(videos)]
     if not items:
         raise IEAdaptValueError("side_by_side needs at least one video.")
     frames, height = items[0].shape[:2]
@@ -131,7 +146,7 @@ def encode_video(video: np.ndarray, fps: float = 8.0, format: VideoFormat = "aut
     ``format="auto"`` picks mp4 when ``imageio-ffmpeg`` is installed, GIF otherwise; ``"mp4"`` without
     it raises ``ImportError`` naming the package.
     """
-    video = check_video(video)
+    video = as_uint8_video(video)
     if fps <= 0:
         raise IEAdaptValueError(f"fps must be > 0; got {fps}.")
     if format == "auto":
@@ -190,7 +205,7 @@ def show_video(
         raise IEAdaptValueError(f"{len(labels)} labels for {len(items)} videos.")
     parts = []
     for video, label in zip(items, labels):
-        video = check_video(video)
+        video = as_uint8_video(video)
         factor = scale if scale is not None else max(1, int(np.ceil(128 / min(video.shape[1:3]))))
         parts.append(video_html(video, fps, factor, format, label))
     return HTML("<div>" + "".join(parts) + "</div>")

@@ -11,6 +11,9 @@ from ..core.errors import IEAdaptValueError
 def check_video(video: object, *, name: str = "video", min_frames: int = 1, min_size: int = 1) -> np.ndarray:
     """Return ``video`` unchanged if it is a uint8 array ``(T, H, W, 3)``; raise ValueError otherwise.
 
+    Metrics convert nothing (a float video is an error here); display code that does convert uses
+    :func:`ieadapt_interp.analysis.video.as_uint8_video`.
+
     Example:
         >>> check_video(np.zeros((2, 8, 8, 3), np.uint8)).shape
         (2, 8, 8, 3)

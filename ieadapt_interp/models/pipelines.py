@@ -1,13 +1,14 @@
 """Building and loading video diffusion pipelines.
 
-* :func:`tiny_pipeline` — a random-initialised AnimateDiff or CogVideoX pipeline built only from
-  configs (offline tokenizers, every component in eval mode). Tests use it.
-* :func:`load_pipeline` — the embedded default model (no argument) or real checkpoints from local
-  paths / the Hugging Face cache.
+* :func:`load_pipeline` — the one entry: every model spec (:mod:`ieadapt_interp.models.specs`): ``None``
+  (the embedded model), ``"tiny:animatediff"`` / ``"tiny:cogvideox"``, a folder, or a hub id already in the
+  local Hugging Face cache.
+* :func:`tiny_pipeline` — the builder behind ``"tiny:<arch>"``: a random-initialised pipeline built only from
+  configs (offline tokenizers, every component in eval mode), with a ``seed``. Tests use it.
 
 Example
 -------
->>> pipe = tiny_pipeline("animatediff", seed=0)
+>>> pipe = load_pipeline("tiny:animatediff")
 >>> type(pipe).__name__
 'AnimateDiffPipeline'
 """
@@ -182,6 +183,16 @@ def _require(path: str | os.PathLike | None, what: str, how: str) -> Path:
     return Path(path)
 
 
+def _is_toy_folder(index: Path) -> bool:
+    """True for a saved pipeline whose ``model_index.json`` holds a ``UNetMotionModel`` (the embedded model's form)."""
+    import json
+
+    if not index.is_file():
+        return False
+    unet = json.loads(index.read_text()).get("unet", [None, None])
+    return isinstance(unet, list) and unet[-1] == "UNetMotionModel"
+
+
 def _resolve(path_or_id: str | os.PathLike) -> str:
     """A local folder as is; a repo id through the Hugging Face cache (offline)."""
     if Path(path_or_id).exists():
@@ -206,30 +217,49 @@ def load_pipeline(
     Parameters
     ----------
     model
-        ``None`` → the embedded default model shipped in ``data/`` (runs on a laptop CPU).
-        A folder or cached repo id: an AnimateDiff base model (SD 1.5 / SDXL layout, with
-        ``motion_adapter=`` naming the adapter folder) or a CogVideoX pipeline folder.
+        A model spec (:mod:`ieadapt_interp.models.specs`). ``None`` → the embedded default model, shipped
+        inside the package (runs on a laptop CPU). ``"tiny:<arch>"`` → :func:`tiny_pipeline` ``(arch)``
+        (random weights). A folder or cached repo id: a saved pipeline (``model_index.json``), an AnimateDiff
+        base model (SD 1.5 / SDXL layout, with ``motion_adapter=`` naming the adapter folder) or a CogVideoX
+        pipeline folder. Older spellings (``"default"``, ``"tiny-animatediff"``, ``("tiny", arch)``) work for
+        one release with a ``DeprecationWarning``.
     device
-        Defaults to ``"cuda"`` when available, else ``"cpu"`` (the embedded model: always CPU).
+        Defaults to ``"cuda"`` when available, else ``"cpu"`` (the embedded and tiny models: CPU).
     dtype
         Defaults to fp16 (AnimateDiff) / bf16 (CogVideoX) on CUDA and fp32 on CPU.
 
     Example
     -------
+    >>> pipe = load_pipeline("tiny:cogvideox")
+    >>> type(pipe).__name__
+    'CogVideoXPipeline'
     >>> pipe = load_pipeline()            # doctest: +SKIP
     >>> pipe = load_pipeline("~/models/CogVideoX-5b")   # doctest: +SKIP
     """
+    from .specs import canonical_spec, tiny_arch
+
+    model = canonical_spec(model)
     if model is None:
         from ..models.toy import load_toy_pipeline
 
         pipe = load_toy_pipeline(device=device or "cpu", dtype=dtype or torch.float32)
         pipe.set_progress_bar_config(disable=True)
         return _eval(pipe)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    arch = tiny_arch(model)
+    if arch is not None:
+        if motion_adapter is not None:
+            raise IEAdaptValueError(f"{model!r} is a whole random-initialised pipeline: drop motion_adapter=.")
+        pipe = tiny_pipeline(arch)
+        return pipe.to(device=device, dtype=dtype) if (device or dtype) else pipe
     folder = Path(_resolve(os.path.expanduser(str(model))))
     _require(folder, "Model folder", "Download the base model (e.g. SG161222/Realistic_Vision_V5.1_noVAE or "
              "THUDM/CogVideoX-5b) on a machine with internet access and copy the folder here.")
     index = folder / "model_index.json"
+    if _is_toy_folder(index) and motion_adapter is None:  # a saved toy-style pipeline (UNetMotionModel inside)
+        from ..models.toy import load_toy_pipeline
+
+        return load_toy_pipeline(folder, device=device or "cpu", dtype=dtype or torch.float32)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if (folder / "transformer").exists() and "CogVideoX" in (index.read_text() if index.exists() else ""):
         from diffusers import CogVideoXPipeline
 

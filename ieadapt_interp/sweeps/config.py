@@ -11,7 +11,7 @@ unperturbed ``baseline``.
 
 >>> import ieadapt_interp as ia
 >>> cfg = SweepConfig.build(["a red circle"], {"t1:U": ia.uniform("temporal")}, seeds=[0, 1],
-...                         metrics=["temporal_ssim"], generation={"num_frames": 4}, model=("tiny", "animatediff"))
+...                         metrics=["temporal_ssim"], generation={"num_frames": 4}, model="tiny:animatediff")
 >>> cfg.shape, cfg.perturbation_names
 ((1, 2, 2, 1), ['baseline', 't1:U'])
 """

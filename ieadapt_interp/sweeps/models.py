@@ -6,12 +6,16 @@ A spec is what a Ray actor receives instead of a multi-GB pipeline:
 spec                          builds
 ============================  ==========================================================
 ``None``                      the embedded toy model (:func:`ieadapt_interp.load_pipeline`)
-``("tiny", "animatediff")``   :func:`ieadapt_interp.tiny_pipeline` (also ``"tiny:cogvideox"``)
+``"tiny:animatediff"``        a random-initialised tiny pipeline (also ``"tiny:cogvideox"``)
 ``"/path/to/model"``          :func:`ieadapt_interp.load_pipeline` of a local folder
 ``{"model": p, "motion_adapter": q, "dtype": "float16"}``  the same with keyword arguments
 ============================  ==========================================================
 
->>> model_key(("tiny", "animatediff"))
+Every spec is one :func:`ieadapt_interp.load_pipeline` takes (:mod:`ieadapt_interp.models.specs`; the older
+``("tiny", "animatediff")`` and ``"tiny-animatediff"`` still work for one release, with a warning, and hash
+like ``"tiny:animatediff"``).
+
+>>> model_key("tiny:animatediff")
 'tiny:animatediff'
 >>> type(build_pipeline("tiny:animatediff")).__name__
 'AnimateDiffPipeline'
@@ -25,20 +29,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..models.specs import canonical_spec, tiny_arch
+
 ModelSpec = None | str | tuple | Mapping[str, Any]
 
 
 def is_spec(model: Any) -> bool:
     """True for a picklable model spec (see module docstring), False for a pipeline object."""
     return model is None or isinstance(model, (str, os.PathLike, tuple, list, Mapping))
-
-
-def _tiny_arch(model: Any) -> str | None:
-    if isinstance(model, (tuple, list)) and len(model) == 2 and model[0] == "tiny":
-        return str(model[1])
-    if isinstance(model, str) and model.startswith("tiny:"):
-        return model.split(":", 1)[1]
-    return None
 
 
 def model_key(model: Any) -> str:
@@ -49,14 +47,14 @@ def model_key(model: Any) -> str:
     """
     if not is_spec(model):
         return pipeline_fingerprint(model)
-    arch = _tiny_arch(model)
-    if arch is not None:
-        return f"tiny:{arch}"
-    if model is None:
-        return "embedded-toy"
     if isinstance(model, Mapping):
         return json.dumps({k: str(v) for k, v in sorted(model.items())})
-    return os.path.abspath(os.path.expanduser(str(model)))
+    model = canonical_spec(model)
+    if model is None:
+        return "embedded-toy"
+    if tiny_arch(model) is not None:
+        return model
+    return os.path.abspath(os.path.expanduser(model))
 
 
 def pipeline_fingerprint(pipe) -> str:
@@ -98,12 +96,6 @@ def build_pipeline(model: ModelSpec, device: str | None = None, cache: bool = Tr
 def _build(model: ModelSpec, device: str | None):
     from ..models import pipelines
 
-    arch = _tiny_arch(model)
-    if arch is not None:
-        pipe = pipelines.tiny_pipeline(arch)
-        return pipe.to(device) if device else pipe
-    if model is None:
-        return pipelines.load_pipeline(device=device)
     if isinstance(model, Mapping):
         kwargs = dict(model)
         if isinstance(kwargs.get("dtype"), str):
@@ -112,4 +104,4 @@ def _build(model: ModelSpec, device: str | None):
             kwargs["dtype"] = getattr(torch, kwargs["dtype"])
         kwargs.setdefault("device", device)
         return pipelines.load_pipeline(kwargs.pop("model"), **kwargs)
-    return pipelines.load_pipeline(str(model), device=device)
+    return pipelines.load_pipeline(model, device=device)

@@ -5,7 +5,7 @@ local and Ray engines compute the same numbers for the same tasks.
 A batch task runs its variants in **one** batched forward pass (``generate(variants=...)``), sharing the
 prompt and the initial noise; metrics compare each variant with the baseline video of its (prompt, seed).
 
->>> worker = Worker(("tiny", "animatediff"), {"num_frames": 4, "height": 16, "width": 16,
+>>> worker = Worker("tiny:animatediff", {"num_frames": 4, "height": 16, "width": 16,
 ...                 "num_inference_steps": 2}, ("temporal_ssim",))          # doctest: +SKIP
 >>> [r.key for r in worker.run(Task(0, 0, "a red circle", 0, (0,), ((),)))]  # doctest: +SKIP
 [(0, 0, 0)]

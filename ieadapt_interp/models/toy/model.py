@@ -174,11 +174,19 @@ def _eval(pipe):
 
 
 def default_model_path() -> Path:
-    """Where the shipped model lives: $IEADAPT_TOY_MODEL if set, else data/toy_t2v at the repository root."""
+    """Where the shipped model lives: ``$IEADAPT_TOY_MODEL`` if set, else the package folder
+    ``ieadapt_interp/models/toy/toy_t2v``.
+
+    In a clone that folder is a link to ``data/toy_t2v``; an installed wheel (``pip install .``) holds the
+    files themselves (package data), so the model is found without the repository.
+
+    >>> (default_model_path() / "model_index.json").is_file()
+    True
+    """
     env = os.environ.get("IEADAPT_TOY_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "data" / "toy_t2v"
+    return Path(__file__).resolve().parent / "toy_t2v"
 
 
 def load_toy_pipeline(path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -190,7 +198,8 @@ def load_toy_pipeline(path: str | Path | None = None, device: str | torch.device
     if not (path / "model_index.json").is_file():
         raise IEAdaptFileNotFoundError(
             f"no toy text-to-video pipeline at {path} (model_index.json missing). The shipped model lives in "
-            "data/toy_t2v of the repository; retrain it with `python -m ieadapt_interp.models.toy.train --out DIR "
+            "data/toy_t2v of the repository (ieadapt_interp/models/toy/toy_t2v in an installed wheel); retrain it "
+            "with `python -m ieadapt_interp.models.toy.train --out DIR "
             "--device cuda` (see data/toy_t2v/README.md) and pass path=DIR/pipeline or set IEADAPT_TOY_MODEL."
         )
     with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype to dtype; older ones lack dtype
