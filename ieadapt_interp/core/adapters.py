@@ -13,6 +13,13 @@ Token layouts of the ``F.scaled_dot_product_attention`` call (``q: [B', head, qu
   (AnimateDiff motion modules).
 * ``joint`` — ``B' = row``; the sequence is ``[text tokens, frame 0 tokens, frame 1 tokens, …]``
   (CogVideoX 3-D full attention).
+* ``video`` — ``B' = row``; the query sequence is ``[frame 0 tokens, frame 1 tokens, …]`` with no text
+  in it (Wan / LTX-Video 3-D self-attention over video tokens, and their cross-attention to text).
+* ``joint_video_text`` — ``B' = row``; the sequence is ``[frame 0 tokens, …, text tokens]`` (HunyuanVideo
+  dual- and single-stream blocks, Mochi).
+
+A :class:`Rule` may name its layout; otherwise the kind's default applies (spatial/cross →
+``frames_in_batch``, temporal → ``frames_in_sequence``, joint → ``joint``).
 
 ``row`` is the denoiser's batch row (sample × CFG branch). Everything above this module is
 architecture-free: a new model (Wan, LTX-Video, …) needs only one more :class:`Adapter`.
@@ -29,7 +36,7 @@ import torch
 from .errors import IEAdaptTypeError
 
 Kind = Literal["spatial", "temporal", "cross", "joint"]
-Layout = Literal["frames_in_batch", "frames_in_sequence", "joint"]
+Layout = Literal["frames_in_batch", "frames_in_sequence", "joint", "video", "joint_video_text"]
 
 _LAYOUT_OF_KIND: dict[str, Layout] = {
     "spatial": "frames_in_batch",
@@ -41,10 +48,11 @@ _LAYOUT_OF_KIND: dict[str, Layout] = {
 
 @dataclass(frozen=True)
 class Rule:
-    """One module-path pattern and the attention kind it denotes."""
+    """One module-path pattern, the attention kind it denotes and (optionally) its token layout."""
 
     pattern: str
     kind: Kind
+    layout: Layout | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,25 @@ class Adapter:
         ``fn(path) -> str``: the block label (``down.0``, ``mid``, ``up.3``, ``depth.12``).
     order_key
         ``fn(path) -> tuple``: sort key giving forward order.
+    latent_shape, default_size, call_defaults
+        Latent shape of one sample, the default ``(height, width)``, extra pipeline-call arguments.
+    temporal_patch
+        Latent frames per token frame.
+    experts
+        Further pipeline attributes holding denoisers of the same class that take turns with the
+        first (Wan 2.2's ``transformer_2``). When one is present every layer name starts with its
+        denoiser's attribute (``transformer.blocks.0.attn1``, ``transformer_2.blocks.0.attn1``).
+    frames_arg
+        Denoiser ``forward`` parameter that gives the latent frames when ``sample`` is already packed
+        into tokens (LTX-Video: ``num_frames``); ``None`` reads ``sample.shape[frame_axis]``.
+    prompt_outputs
+        Names of what the pipeline's ``encode_prompt`` returns, in order (pipeline-call argument
+        names); ``prompt_embeds`` / ``negative_prompt_embeds`` label the CFG rows.
+    frames_kwarg
+        The pipeline-call argument taking the number of frames (Latte: ``video_length``).
+    guidance_is_cfg
+        ``guidance_scale > 1`` runs an unconditional branch (``False`` for HunyuanVideo, whose
+        ``guidance_scale`` is the distilled guidance embedded in the transformer).
     """
 
     name: str
@@ -89,6 +116,18 @@ class Adapter:
     default_size: Callable[[object], tuple[int, int]] = lambda pipe: (512, 512)
     call_defaults: Callable[[object], dict] = lambda pipe: {}
     temporal_patch: Callable[[torch.nn.Module], int] = lambda denoiser: 1
+    experts: tuple[str, ...] = ()
+    frames_arg: str | None = None
+    prompt_outputs: tuple[str, ...] | Callable[[object], tuple[str, ...]] = ("prompt_embeds",
+                                                                              "negative_prompt_embeds")
+    frames_kwarg: str = "num_frames"
+    guidance_is_cfg: bool = True
+
+    def latent_frames(self, bound: dict) -> int:
+        """Latent frames of one denoiser call, from its bound ``forward`` arguments."""
+        if self.frames_arg is not None and bound.get(self.frames_arg) is not None:
+            return int(bound[self.frames_arg])
+        return int(bound[self.sample_arg].shape[self.frame_axis])
 
     def token_frames(self, denoiser: torch.nn.Module, latent_frames: int) -> int:
         """Token frames of ``latent_frames`` latent frames (one token frame per ``temporal_patch`` latents)."""
@@ -96,10 +135,20 @@ class Adapter:
         return -(-int(latent_frames) // patch)
 
     def kind_of(self, path: str) -> Kind | None:
+        rule = self.rule_of(path)
+        return rule.kind if rule is not None else None
+
+    def rule_of(self, path: str) -> Rule | None:
+        """The first rule matching ``path`` (a module path inside one denoiser)."""
         for rule in self.rules:
             if re.fullmatch(rule.pattern, path):
-                return rule.kind
+                return rule
         return None
+
+    def denoisers(self, pipe) -> dict[str, torch.nn.Module]:
+        """``{pipeline attribute: denoiser}`` of every denoiser present, first expert first."""
+        found = {a: getattr(pipe, a, None) for a in (self.denoiser_attr, *self.experts)}
+        return {a: m for a, m in found.items() if m is not None}
 
 
 _UNET_RANK = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
@@ -113,10 +162,12 @@ def _unet_block(path: str) -> str:
 
 
 def _unet_order(path: str) -> tuple:
+    """Forward order: block, layer ``i``; within it the attentions (every transformer block) before the motion module."""
     nums = [int(p) for p in path.split(".") if p.isdigit()]
     if path.startswith("mid_block"):
         nums = [0] + nums
-    return (_UNET_RANK[path.split(".")[0]], *nums, path.endswith("attn2"))
+    return (_UNET_RANK[path.split(".")[0]], nums[0], nums[1], ".motion_modules." in path, *nums[2:],
+            path.endswith("attn2"))
 
 
 def _motion_max_frames(unet: torch.nn.Module) -> int | None:
@@ -136,6 +187,8 @@ def _unet_size(pipe) -> tuple[int, int]:
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     return (side, side)
 
+
+_SDXL_PROMPT = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
 
 ANIMATEDIFF = Adapter(
     name="animatediff",
@@ -158,6 +211,8 @@ ANIMATEDIFF = Adapter(
     order_key=_unet_order,
     latent_shape=_unet_latents,
     default_size=_unet_size,
+    prompt_outputs=lambda pipe: (_SDXL_PROMPT if getattr(pipe, "text_encoder_2", None) is not None
+                                 else ("prompt_embeds", "negative_prompt_embeds")),
 )
 
 
@@ -193,7 +248,154 @@ COGVIDEOX = Adapter(
     temporal_patch=lambda transformer: getattr(transformer.config, "patch_size_t", None) or 1,
 )
 
-ADAPTERS: tuple[Adapter, ...] = (ANIMATEDIFF, COGVIDEOX)
+def _cap_text(default: int) -> Callable[[object], dict]:
+    """``max_sequence_length``: the pipeline default, capped by the tokenizer's own limit (tiny tokenizers)."""
+    def defaults(pipe) -> dict:
+        limit = getattr(getattr(pipe, "tokenizer", None), "model_max_length", None) or default
+        return {"max_sequence_length": int(min(default, limit))}
+    return defaults
+
+
+def _depth_block(path: str) -> str:
+    return f"depth.{path.split('.')[1]}"
+
+
+def _video_latents(pipe, frames: int, height: int, width: int) -> tuple[int, ...]:
+    """``[C, latent frames, h, w]`` of a video VAE with temporal compression (Wan, HunyuanVideo)."""
+    f, t = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+    return (pipe.transformer.config.in_channels, (frames - 1) // t + 1, height // f, width // f)
+
+
+def _wan_latents(pipe, frames: int, height: int, width: int) -> tuple[int, ...]:
+    first = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+    f, t = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+    return (first.config.in_channels, (frames - 1) // t + 1, height // f, width // f)
+
+
+WAN = Adapter(
+    name="wan",
+    denoiser_classes=("WanTransformer3DModel",),
+    denoiser_attr="transformer",
+    rules=(Rule(r"blocks\.\d+\.attn1", "joint", "video"), Rule(r"blocks\.\d+\.attn2", "cross", "video")),
+    sample_arg="hidden_states",
+    timestep_arg="timestep",
+    text_arg="encoder_hidden_states",
+    frame_axis=2,
+    max_frames=lambda transformer: None,
+    block_of=_depth_block,
+    order_key=lambda path: (int(path.split(".")[1]), path.endswith("attn2")),
+    latent_shape=_wan_latents,
+    default_size=lambda pipe: (480, 832),
+    call_defaults=_cap_text(512),
+    temporal_patch=lambda transformer: int(transformer.config.patch_size[0]),
+    experts=("transformer_2",),
+)
+
+LATTE = Adapter(
+    name="latte",
+    denoiser_classes=("LatteTransformer3DModel",),
+    denoiser_attr="transformer",
+    rules=(
+        Rule(r"transformer_blocks\.\d+\.attn1", "spatial"),
+        Rule(r"transformer_blocks\.\d+\.attn2", "cross"),
+        Rule(r"temporal_transformer_blocks\.\d+\.attn1", "temporal"),
+    ),
+    sample_arg="hidden_states",
+    timestep_arg="timestep",
+    text_arg="encoder_hidden_states",
+    frame_axis=2,
+    max_frames=lambda transformer: int(transformer.config.video_length),
+    block_of=_depth_block,
+    order_key=lambda path: (int(path.split(".")[1]), path.startswith("temporal"), path.endswith("attn2")),
+    latent_shape=lambda pipe, f, h, w: (pipe.transformer.config.in_channels, f, h // pipe.vae_scale_factor,
+                                        w // pipe.vae_scale_factor),
+    default_size=lambda pipe: (pipe.transformer.config.sample_size * pipe.vae_scale_factor,) * 2,
+    call_defaults=lambda pipe: {"clean_caption": False, "negative_prompt": None},
+    frames_kwarg="video_length",
+)
+
+
+def _ltx_latents(pipe, frames: int, height: int, width: int) -> tuple[int, ...]:
+    """LTX-Video takes latents already packed into tokens: ``[tokens, C]``."""
+    cfg = pipe.transformer.config
+    f, t = pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio
+    tokens = ((frames - 1) // t + 1) // cfg.patch_size_t * (height // f // cfg.patch_size) * (width // f // cfg.patch_size)
+    return (tokens, cfg.in_channels * cfg.patch_size_t * cfg.patch_size ** 2)
+
+
+LTX = Adapter(
+    name="ltx",
+    denoiser_classes=("LTXVideoTransformer3DModel",),
+    denoiser_attr="transformer",
+    rules=(Rule(r"transformer_blocks\.\d+\.attn1", "joint", "video"),
+           Rule(r"transformer_blocks\.\d+\.attn2", "cross", "video")),
+    sample_arg="hidden_states",
+    timestep_arg="timestep",
+    text_arg="encoder_hidden_states",
+    frame_axis=1,
+    max_frames=lambda transformer: None,
+    block_of=_depth_block,
+    order_key=lambda path: (int(path.split(".")[1]), path.endswith("attn2")),
+    latent_shape=_ltx_latents,
+    default_size=lambda pipe: (512, 704),
+    call_defaults=_cap_text(128),
+    frames_arg="num_frames",
+    prompt_outputs=("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                    "negative_prompt_attention_mask"),
+)
+
+HUNYUANVIDEO = Adapter(
+    name="hunyuanvideo",
+    denoiser_classes=("HunyuanVideoTransformer3DModel",),
+    denoiser_attr="transformer",
+    rules=(Rule(r"transformer_blocks\.\d+\.attn", "joint", "joint_video_text"),
+           Rule(r"single_transformer_blocks\.\d+\.attn", "joint", "joint_video_text")),
+    sample_arg="hidden_states",
+    timestep_arg="timestep",
+    text_arg="encoder_hidden_states",
+    frame_axis=2,
+    max_frames=lambda transformer: None,
+    block_of=lambda path: f"{'single' if path.startswith('single') else 'double'}.{path.split('.')[1]}",
+    order_key=lambda path: (path.startswith("single"), int(path.split(".")[1])),
+    latent_shape=_video_latents,
+    default_size=lambda pipe: (720, 1280),
+    call_defaults=_cap_text(256),
+    temporal_patch=lambda transformer: int(transformer.config.patch_size_t),
+    prompt_outputs=("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"),
+    guidance_is_cfg=False,
+)
+
+
+def _svd_order(path: str) -> tuple:
+    return (*_unet_order(path)[:-1], "temporal_transformer_blocks" in path, path.endswith("attn2"))
+
+
+_SVD_BLOCK = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.attentions\.\d+\."
+
+SVD = Adapter(
+    name="svd",
+    denoiser_classes=("UNetSpatioTemporalConditionModel",),
+    denoiser_attr="unet",
+    rules=(
+        Rule(_SVD_BLOCK + r"transformer_blocks\.\d+\.attn1", "spatial"),
+        Rule(_SVD_BLOCK + r"transformer_blocks\.\d+\.attn2", "cross"),
+        Rule(_SVD_BLOCK + r"temporal_transformer_blocks\.\d+\.attn1", "temporal"),
+        Rule(_SVD_BLOCK + r"temporal_transformer_blocks\.\d+\.attn2", "cross", "frames_in_sequence"),
+    ),
+    sample_arg="sample",
+    timestep_arg="timestep",
+    text_arg="encoder_hidden_states",
+    frame_axis=1,
+    max_frames=lambda unet: None,
+    block_of=_unet_block,
+    order_key=_svd_order,
+    latent_shape=lambda pipe, f, h, w: (f, pipe.unet.config.in_channels // 2, h // pipe.vae_scale_factor,
+                                        w // pipe.vae_scale_factor),
+    default_size=lambda pipe: (576, 1024),
+    prompt_outputs=(),
+)
+
+ADAPTERS: tuple[Adapter, ...] = (ANIMATEDIFF, COGVIDEOX, WAN, LATTE, LTX, HUNYUANVIDEO, SVD)
 
 
 def get_adapter(pipe) -> Adapter:
@@ -204,8 +406,8 @@ def get_adapter(pipe) -> Adapter:
     'animatediff'
     """
     for adapter in ADAPTERS:
-        denoiser = getattr(pipe, adapter.denoiser_attr, None)
-        if denoiser is not None and type(denoiser).__name__ in adapter.denoiser_classes:
+        found = adapter.denoisers(pipe)
+        if found and type(next(iter(found.values()))).__name__ in adapter.denoiser_classes:
             return adapter
     found = {a: type(getattr(pipe, a)).__name__ for a in ("unet", "transformer") if getattr(pipe, a, None) is not None}
     supported = ", ".join(f"{a.name} ({'/'.join(a.denoiser_classes)})" for a in ADAPTERS)
@@ -216,8 +418,34 @@ def get_adapter(pipe) -> Adapter:
 
 
 def denoiser(pipe) -> torch.nn.Module:
-    """The pipeline's denoiser module (UNet or transformer)."""
-    return getattr(pipe, get_adapter(pipe).denoiser_attr)
+    """The pipeline's (first) denoiser module (UNet or transformer)."""
+    return next(iter(get_adapter(pipe).denoisers(pipe).values()))
+
+
+def encode_prompt(pipe, prompt: str, negative_prompt: str, cfg: bool) -> dict[str, torch.Tensor]:
+    """The pipeline's own ``encode_prompt`` for one prompt, named as pipeline-call arguments.
+
+    Returns e.g. ``{"prompt_embeds": [1, T, C], "negative_prompt_embeds": [1, T, C]}`` (plus masks or
+    pooled embeddings where the pipeline has them; no ``negative_*`` entry without CFG).
+
+    >>> from ieadapt_interp import tiny_pipeline
+    >>> sorted(encode_prompt(tiny_pipeline("ltx"), "a red circle", "", cfg=False))
+    ['prompt_attention_mask', 'prompt_embeds']
+    """
+    import inspect
+
+    adapter = get_adapter(pipe)
+    names = adapter.prompt_outputs(pipe) if callable(adapter.prompt_outputs) else adapter.prompt_outputs
+    if not names:
+        raise IEAdaptTypeError(f"{type(pipe).__name__} is not conditioned on a text prompt; call the pipeline "
+                               "inside ieadapt_interp.Interception(pipe, embeddings=...) instead.")
+    params = inspect.signature(pipe.encode_prompt).parameters
+    kwargs = {**adapter.call_defaults(pipe), "prompt": prompt, "negative_prompt": negative_prompt,
+              "do_classifier_free_guidance": cfg, "device": pipe._execution_device, "num_images_per_prompt": 1,
+              "num_videos_per_prompt": 1}
+    outputs = pipe.encode_prompt(**{k: v for k, v in kwargs.items() if k in params})
+    named = {k: v for k, v in zip(names, outputs) if v is not None}
+    return {k: v for k, v in named.items() if cfg or not k.startswith("negative_")}
 
 
 @dataclass(frozen=True)
@@ -230,26 +458,34 @@ class AttentionLayer:
     index: int
     heads: int
     module: torch.nn.Module
+    layout_name: Layout | None = None
+    expert: str = ""  # the pipeline attribute of its denoiser when there are several (Wan 2.2)
 
     @property
     def layout(self) -> Layout:
-        return _LAYOUT_OF_KIND[self.kind]
+        return self.layout_name or _LAYOUT_OF_KIND[self.kind]
 
 
 def layer_records(pipe) -> list[AttentionLayer]:
     """Every attention layer of ``pipe`` in forward order (``index`` counts within a kind, from 1)."""
     adapter = get_adapter(pipe)
-    found = []
-    for path, module in getattr(pipe, adapter.denoiser_attr).named_modules():
-        kind = adapter.kind_of(path)
-        if kind is not None:
-            found.append((path, kind, module))
-    found.sort(key=lambda item: adapter.order_key(item[0]))
-    counts: dict[str, int] = {}
+    denoisers = adapter.denoisers(pipe)
+    several = len(denoisers) > 1
     records = []
-    for path, kind, module in found:
-        counts[kind] = counts.get(kind, 0) + 1
-        records.append(AttentionLayer(path, kind, adapter.block_of(path), counts[kind], int(module.heads), module))
+    counts: dict[str, int] = {}
+    for attr, model in denoisers.items():
+        found = []
+        for path, module in model.named_modules():
+            rule = adapter.rule_of(path)
+            if rule is not None:
+                found.append((path, rule, module))
+        found.sort(key=lambda item: adapter.order_key(item[0]))
+        prefix = f"{attr}." if several else ""
+        for path, rule, module in found:
+            counts[rule.kind] = counts.get(rule.kind, 0) + 1
+            records.append(AttentionLayer(prefix + path, rule.kind, prefix + adapter.block_of(path),
+                                          counts[rule.kind], int(module.heads), module, rule.layout,
+                                          attr if several else ""))
     return records
 
 

@@ -188,7 +188,8 @@ class Interception:
             handler.reset()
         self.state = _RunState()
         try:
-            self._handles.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
+            for model in self.adapter.denoisers(self.pipe).values():  # Wan 2.2: both experts
+                self._handles.append(model.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
             if self.hook_points and not self.keep_hook_points:
                 hook_points.install([r.module for r in self.layers])
             for record in self.layers:
@@ -222,7 +223,7 @@ class Interception:
             self.state.step += 1
             self.state.timesteps.append(t)
             self.state.last_timestep = t
-        self.state.num_frames = self.adapter.token_frames(self.denoiser, int(sample.shape[self.adapter.frame_axis]))
+        self.state.num_frames = self.adapter.token_frames(module, self.adapter.latent_frames(bound))
         if self._label_next is not None:
             if len(self._label_next) != int(sample.shape[0]):
                 raise RuntimeError(f"label_next gave {len(self._label_next)} labels for a batch of "

@@ -12,6 +12,10 @@ layout                 attention batch / sequence      pooled map (per row)
                         the query index is the frame    over positions)
 :class:`JointTextVideo`  ``B' = row``; ``[text, frame   ``[head, query_bin, key_bin]``
                         0, frame 1, …]`` tokens
+:class:`VideoSequence`  ``B' = row``; ``[frame 0, frame   ``[head, query_bin, key_bin]``
+                        1, …]`` tokens, no text
+:class:`JointVideoText`  ``B' = row``; ``[frame 0, …,      ``[head, query_bin, key_bin]``
+                        text]`` tokens
 =====================  ==============================  ==========================================
 
 A :class:`JointTextVideo` frame is a *token* frame: with temporal patching (CogVideoX 1.5,
@@ -120,10 +124,58 @@ class JointTextVideo(Layout):
         return pooled_map(q, k, scale, mask, size)
 
 
+def _token_frames(video: torch.Tensor, n_rows: int, num_frames: int, how: str) -> torch.Tensor:
+    """``[row, head, frame·tokens]`` video rows (frame-major) → ``[row, head, frame]``."""
+    if video.shape[-1] % num_frames:
+        raise RuntimeError(
+            f"{video.shape[-1]} video tokens do not split into {num_frames} token frames; the adapter's "
+            "temporal patch size does not fit this model.")
+    return _reduce(video.reshape(n_rows, video.shape[1], num_frames, video.shape[-1] // num_frames), -1, how)
+
+
+class VideoSequence(Layout):
+    """One element per row; the query sequence is the video tokens frame by frame, no text in it.
+
+    Wan / LTX-Video 3-D self-attention over video tokens (keys: the same tokens) and their
+    cross-attention (keys: the text tokens).
+
+    >>> x = torch.arange(8.0).view(1, 1, 8)            # 1 row, 1 head, 2 frames × 4 tokens
+    >>> LAYOUTS["video"].to_frames(x, 1, 1, num_frames=2, text_len=0)[0]
+    tensor([[[1.5000, 5.5000]]])
+    """
+
+    def to_frames(self, x, n_rows, per, num_frames, text_len, how="mean"):
+        return _token_frames(x, n_rows, num_frames, how), None
+
+    def pool(self, q, k, scale, mask, size, n_rows, per):
+        return pooled_map(q, k, scale, mask, size)
+
+
+class JointVideoText(JointTextVideo):
+    """One element per row; the sequence is the video tokens frame by frame, then ``text_len`` text tokens.
+
+    HunyuanVideo (dual- and single-stream blocks) and Mochi put the text after the video.
+
+    >>> x = torch.arange(6.0).view(1, 1, 6)            # 2 frames × 2 tokens, then 2 text tokens
+    >>> video, text = LAYOUTS["joint_video_text"].to_frames(x, 1, 1, num_frames=2, text_len=2)
+    >>> video, text
+    (tensor([[[0.5000, 2.5000]]]), tensor([[4.5000]]))
+    """
+
+    def to_frames(self, x, n_rows, per, num_frames, text_len, how="mean"):
+        n_video = x.shape[-1] - text_len
+        video = _token_frames(x[..., :n_video], n_rows, num_frames, how)
+        text = (_reduce(x[..., n_video:], -1, how) if text_len
+                else torch.full((n_rows, x.shape[1]), float("nan"), device=x.device))
+        return video, text
+
+
 LAYOUTS: dict[str, Layout] = {
     "frames_in_batch": FramesInBatch("frames_in_batch", ("head", "frame", "query_bin", "key_bin")),
     "frames_in_sequence": FramesInSequence("frames_in_sequence", ("head", "query_frame", "key_frame")),
     "joint": JointTextVideo("joint", ("head", "query_bin", "key_bin")),
+    "video": VideoSequence("video", ("head", "query_bin", "key_bin")),
+    "joint_video_text": JointVideoText("joint_video_text", ("head", "query_bin", "key_bin")),
 }
 
 

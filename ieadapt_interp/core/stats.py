@@ -90,6 +90,9 @@ def stats_dataset(
         },
         attrs=attrs,
     )
+    if any(r.expert for r in layers):  # several denoisers take turns (Wan 2.2): which one ran at each step
+        ran = {rec.step: by_name[rec.layer].expert for rec in records}
+        ds = ds.assign_coords(expert=("step", [ran[s] for s in steps]))
     for var, dim, edges in (("map_entropy_hist", "entropy_bin", ENTROPY_BINS),
                             ("map_energy_hist", "energy_bin", ENERGY_BINS)):
         if var in ds:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..core.adapters import attention_layers, get_adapter, layer_records
+from ..core.adapters import attention_layers, encode_prompt, get_adapter, layer_records
 from ..core.stats import maps_tree, stats_dataset
 from ..core.interception import Interception
 from ..core.maps import MapRequest
@@ -69,15 +68,8 @@ def _check_frames(pipe, num_frames: int) -> None:
 
 def _encode(pipe, prompt: str, negative_prompt: str, cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The pipeline's own ``encode_prompt`` for one prompt → ``(cond [1,T,C], uncond [1,T,C] | None)``."""
-    params = inspect.signature(pipe.encode_prompt).parameters
-    kwargs = {"prompt": prompt, "negative_prompt": negative_prompt, "do_classifier_free_guidance": cfg,
-              "device": pipe._execution_device}
-    for name in ("num_images_per_prompt", "num_videos_per_prompt"):
-        if name in params:
-            kwargs[name] = 1
-    kwargs.update({k: v for k, v in get_adapter(pipe).call_defaults(pipe).items() if k in params})
-    cond, uncond = pipe.encode_prompt(**{k: v for k, v in kwargs.items() if k in params})[:2]
-    return cond, (uncond if cfg else None)
+    named = encode_prompt(pipe, prompt, negative_prompt, cfg)
+    return named["prompt_embeds"], named.get("negative_prompt_embeds")
 
 
 def _noise(pipe, seed: int, num_frames: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -158,7 +150,7 @@ def generate(
         capture_names = []
     else:
         capture_names = as_layers(capture).resolve(attention_layers(pipe))
-    cfg = guidance_scale > 1.0
+    cfg = guidance_scale > 1.0 and get_adapter(pipe).guidance_is_cfg
     if branch != "cond" and not cfg:
         raise IEAdaptValueError(f"branch={branch!r} needs classifier-free guidance (guidance_scale > 1).")
     record_branches = ("cond", "uncond") if branch == "both" else (branch,)
@@ -172,17 +164,17 @@ def generate(
     try:
         pipe.set_progress_bar_config(**{**progress_config, "disable": not progress})
         with torch.no_grad():
-            cond, uncond = _encode(pipe, prompt, negative_prompt, cfg)
+            named = encode_prompt(pipe, prompt, negative_prompt, cfg)  # embeddings (+ masks, pooled)
+            cond, uncond = named["prompt_embeds"], named.get("negative_prompt_embeds")
             interception = Interception(
                 pipe, handlers, capture=capture_names, record_branches=record_branches, maps=maps,
                 embeddings={"cond": cond, **({"uncond": uncond} if uncond is not None else {})})
             noise = _noise(pipe, seed, num_frames, height, width, cond.dtype)
             latents = noise.repeat(n, *([1] * (noise.ndim - 1)))
-            call = dict(prompt_embeds=cond.repeat(n, 1, 1), num_frames=num_frames, height=height, width=width,
-                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
-                        output_type="np", **adapter.call_defaults(pipe), **pipeline_kwargs)
-            if uncond is not None:
-                call["negative_prompt_embeds"] = uncond.repeat(n, 1, 1)
+            call = dict({k: v.repeat(n, *([1] * (v.ndim - 1))) for k, v in named.items()}, height=height,
+                        width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        latents=latents, output_type="np", **{adapter.frames_kwarg: num_frames},
+                        **adapter.call_defaults(pipe), **pipeline_kwargs)
             with interception:
                 output = pipe(**call)
     finally:

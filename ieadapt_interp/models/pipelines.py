@@ -158,11 +158,14 @@ def tiny_pipeline(arch: Arch = "animatediff", seed: int = 0):
     >>> pipe.transformer.config.num_layers
     2
     """
-    if arch not in _TINY_BUILDERS:
-        raise IEAdaptValueError(f"tiny_pipeline: unknown arch {arch!r}; choose one of {sorted(_TINY_BUILDERS)}.")
+    from .tiny import TINY_BUILDERS  # the models people run today (Wan, LTX-Video, …)
+
+    builders = {**_TINY_BUILDERS, **TINY_BUILDERS}
+    if arch not in builders:
+        raise IEAdaptValueError(f"tiny_pipeline: unknown arch {arch!r}; choose one of {sorted(builders)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe = _TINY_BUILDERS[arch]()
+        pipe = builders[arch]()
     pipe.set_progress_bar_config(disable=True)
     return _eval(pipe)
 
@@ -203,6 +206,41 @@ def _resolve(path_or_id: str | os.PathLike) -> str:
         return snapshot_download(str(path_or_id), local_files_only=True)
     except Exception:
         return str(path_or_id)
+
+
+#: Pipelines saved whole (``save_pretrained``) that load as they are, with their default dtype on CUDA.
+NATIVE_PIPELINES = {
+    "WanPipeline": torch.bfloat16, "LattePipeline": torch.float16, "LTXPipeline": torch.bfloat16,
+    "HunyuanVideoPipeline": torch.bfloat16, "MochiPipeline": torch.bfloat16,
+    "StableVideoDiffusionPipeline": torch.float16, "AnimateDiffPipeline": torch.float16,
+    "AnimateDiffSDXLPipeline": torch.float16,
+}
+
+
+def _native_pipeline(folder: Path, device: str, dtype: torch.dtype | None):
+    """A folder whose ``model_index.json`` names one of :data:`NATIVE_PIPELINES` with every component
+    present (an AnimateDiff folder must hold its ``motion_adapter``); ``None`` for other folders."""
+    import json
+
+    index = folder / "model_index.json"
+    if not index.exists():
+        return None
+    spec = json.loads(index.read_text())
+    name = spec.get("_class_name")
+    if name not in NATIVE_PIPELINES or (name.startswith("AnimateDiff") and "motion_adapter" not in spec):
+        return None
+    missing = [k for k, v in spec.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None
+               and not (folder / k).is_dir()]
+    if missing:
+        raise IEAdaptFileNotFoundError(
+            f"{folder} holds a {name} whose model_index.json lists components that are missing: "
+            f"{', '.join(missing)}. Copy those sub-folders from the original checkpoint (e.g. `vae/`, "
+            f"`text_encoder/`) next to model_index.json.")
+    import diffusers
+
+    torch_dtype = _default_dtype(device, dtype, NATIVE_PIPELINES[name])
+    pipe = getattr(diffusers, name).from_pretrained(folder, torch_dtype=torch_dtype)
+    return _eval(pipe.to(device))
 
 
 def load_pipeline(
@@ -260,6 +298,9 @@ def load_pipeline(
 
         return load_toy_pipeline(folder, device=device or "cpu", dtype=dtype or torch.float32)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    native = _native_pipeline(folder, device, dtype)
+    if native is not None:
+        return native
     if (folder / "transformer").exists() and "CogVideoX" in (index.read_text() if index.exists() else ""):
         from diffusers import CogVideoXPipeline
 
