@@ -14,7 +14,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
 from .core.errors import IEAdaptError, IEAdaptFileNotFoundError, IEAdaptTypeError, IEAdaptValueError
+from .sweeps.tables import effect_table, summary_table  # summary.csv / effect.csv of `ieadapt report`
 
 EXAMPLE_YAML = """\
 # ieadapt sweep example — every spatial and temporal layer of the embedded toy model × {I, U}
@@ -275,21 +277,7 @@ def run_sweep(
     return sweep(spec, config["prompts"], perts, **kwargs)
 
 
-# -- report --------------------------------------------------------------------------------------------------
-def summary_table(ds):
-    """Long table of finished jobs (:func:`ieadapt_interp.sweeps.tables.summary_table`)."""
-    from .sweeps.tables import summary_table
-
-    return summary_table(ds)
-
-
-def effect_table(ds):
-    """Per perturbation × metric: mean, baseline mean, change (:func:`ieadapt_interp.sweeps.tables.effect_table`)."""
-    from .sweeps.tables import effect_table
-
-    return effect_table(ds)
-
-
+# -- report (its tables: summary_table, effect_table from ieadapt_interp.sweeps.tables) ------------------
 def _figures(ds, metric: str) -> dict:
     """The figures a sweep supports: every perturbation; per layer (single-layer I / U); along λ (mixes)."""
     import numpy as np

@@ -99,6 +99,14 @@ def select_rows(stats: xr.Dataset, rows: Rows = DEFAULT_ROWS) -> xr.Dataset:
     return stats
 
 
+def _layer_frame(ds: xr.Dataset) -> pd.DataFrame:
+    """The layer coordinates (kind, block, index) as a DataFrame indexed by layer name, in the stats' order."""
+    return pd.DataFrame(
+        {c: ds[c].values for c in ("kind", "block", "index") if c in ds.coords},
+        index=pd.Index([str(x) for x in ds["layer"].values], name="layer"),
+    )
+
+
 def _kinds(kind: Kinds, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
     if kind is None:
         return default
@@ -155,10 +163,7 @@ class IEAdaptAccessor:
         ds = IEAdaptAccessor(select_rows(self._ds, rows))._layers(kind, strict=False)
         da = self._var(ds, var)
         other = [d for d in da.dims if d != "layer"]
-        table = pd.DataFrame(
-            {c: ds[c].values for c in ("kind", "block", "index") if c in ds.coords},
-            index=pd.Index([str(x) for x in ds["layer"].values], name="layer"),
-        )
+        table = _layer_frame(ds)
         table["mean"] = da.mean(other, skipna=True).values.astype(float)
         table["std"] = da.std(other, skipna=True).values.astype(float)
         return table
@@ -209,10 +214,7 @@ class IEAdaptAccessor:
         e, ei, eu = (self._var(ds, v) for v in ("energy", "energy_identity", "energy_uniform"))
         valid = e.notnull() & ei.notnull() & eu.notnull()
         other = [d for d in e.dims if d != "layer"]
-        table = pd.DataFrame(
-            {c: ds[c].values for c in ("kind", "block", "index") if c in ds.coords},
-            index=pd.Index([str(x) for x in ds["layer"].values], name="layer"),
-        )
+        table = _layer_frame(ds)
         table["n"] = valid.sum(other).values.astype(int)
         table["below_uniform"] = ((e < eu * (1 - rtol)) & valid).sum(other).values.astype(int)
         table["above_identity"] = ((e > ei * (1 + rtol)) & valid).sum(other).values.astype(int)
