@@ -7,10 +7,14 @@ A *figure cell* is a code cell that calls a figure function of the package (``fi
 from __future__ import annotations
 
 import ast
+import math
 import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
+import xarray as xr
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -28,6 +32,13 @@ def notebook_paths() -> list[Path]:
 def code_cells(nb) -> list:
     """The code cells of a notebook node, papermill's injected-parameters cell left out."""
     return [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def default_model(parameters_source: str) -> bool:
+    """Whether a parameters cell sets ``model`` to the embedded model (``None``, or the older ``"default"``)."""
+    values = [ast.literal_eval(node.value) for node in ast.parse(parameters_source).body
+              if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "model"]
+    return len(values) == 1 and values[0] in (None, "default")
 
 
 def is_figure_cell(source: str) -> bool:
@@ -65,3 +76,63 @@ def check_figures_inline(path: Path) -> dict[int, int]:
         for png in png_outputs(cells[i]):
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000, (path.name, i)
     return counts
+
+
+def check_stats_in_range(stats: xr.Dataset) -> None:
+    """Entropy % in [0, 100], entropy ≥ 0, and for self-attention E(UV) ≤ E(IV) over a layer's whole sequence
+    (N‖mean V‖² ≤ ‖V‖², Cauchy–Schwarz; per frame it need not hold for temporal layers)."""
+    entropy, pct, n_keys = stats["entropy"], stats["entropy_pct"], stats["n_keys"]
+    defined = np.isfinite(entropy) & (n_keys > 1)  # NaN: a head the layer lacks; one key: log N = 0
+    assert bool(defined.any()) and bool((np.isfinite(pct) == defined).all())
+    assert float(pct.where(defined).min()) >= 0 and float(pct.where(defined).max()) <= 100 + 1e-3
+    assert float(entropy.min()) >= -1e-5 and bool((entropy <= np.log(n_keys) + 1e-4).where(defined, True).all())
+    np.testing.assert_allclose(pct.where(defined), (100 * entropy / np.log(n_keys)).where(defined), rtol=1e-4)
+    self_attention = stats.sel(layer=stats["kind"].isin(["spatial", "temporal"]))
+    uniform = self_attention["energy_uniform"].sum("frame")
+    identity = self_attention["energy_identity"].sum("frame")
+    assert (uniform <= identity * (1 + 1e-4) + 1e-6).all()
+    assert math.isfinite(float(stats["energy"].mean()))
+
+
+#: Ranges of the stored metrics (a NaN is a metric whose weights are absent).
+METRIC_RANGES = {"ssim": (-1, 1), "temporal_ssim": (-1, 1), "flow_magnitude": (0, np.inf), "dynamic_degree": (0, 1),
+                 "colour_match": (0, 1), "shape_match": (0, 1), "direction_match": (0, 1), "connectedness": (0, 1)}
+
+
+def check_table_in_range(ds):
+    """Every finished job's metrics lie in their range, and the baseline compared with itself has SSIM 1."""
+    assert bool(ds["done"].all())
+    for metric in ds["metric"].values:
+        values = ds["value"].sel(metric=metric).values
+        low, high = METRIC_RANGES.get(str(metric), (-np.inf, np.inf))
+        finite = values[np.isfinite(values)]
+        assert ((finite >= low - 1e-6) & (finite <= high + 1e-6)).all(), (metric, finite)
+    if "ssim" in ds["metric"].values:
+        baseline = ds["value"].sel(metric="ssim").isel(perturbation=_baseline(ds))
+        np.testing.assert_allclose(baseline.values, 1.0, atol=1e-6)
+        perturbed = ds["value"].sel(metric="ssim").isel(perturbation=~_baseline(ds)).values
+        assert np.isfinite(perturbed).all()
+
+
+FINDING_IDS = ["1a", "1b", "2", "3a", "3b", "4a", "4b", "4c"]
+
+
+def check_findings_rows(checks):
+    """The findings table has one row per finding of DESIGN.md §2, each with a verdict and what was measured."""
+    assert [i for i in checks["id"] if i in FINDING_IDS] == FINDING_IDS
+    assert set(checks["holds"]) <= {"yes", "no", "n/a"}
+    measured = checks.set_index("id")
+    for column in ("finding", "measured"):
+        if column in checks:
+            assert all(str(measured.loc[i, column]).strip() for i in FINDING_IDS), column
+    if {"ci_low", "ci_high"} <= set(checks):
+        low = pd.to_numeric(checks["ci_low"], errors="coerce")
+        high = pd.to_numeric(checks["ci_high"], errors="coerce")
+        both = low.notna() & high.notna()
+        assert (low[both] <= high[both] + 1e-9).all()
+
+
+def _baseline(ds) -> np.ndarray:
+    from ieadapt_interp.sweeps.tables import baseline_mask
+
+    return baseline_mask(ds)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,30 +20,22 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from notebook_checks import NOTEBOOK_DIR, is_figure_cell
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LAST_SPATIAL = "up_blocks.3.attentions.2.transformer_blocks.0.attn1"  # of tiny-animatediff (SD 1.5 layout)
+LAST_SPATIAL = "up_blocks.3.attentions.2.transformer_blocks.0.attn1"  # of tiny:animatediff (SD 1.5 layout)
 #: Small parameters (injected the papermill way, as a cell after the parameters cell).
 PARAMETERS = {
-    "00_quickstart": {"model": "tiny-animatediff", "num_frames": 4, "num_inference_steps": 2, "perturb_index": 16},
+    "00_quickstart": {"model": "tiny:animatediff", "num_frames": 4, "num_inference_steps": 2, "perturb_index": 16},
     "01_perturbation_analysis": {
-        "model": "tiny-animatediff", "prompts": ["a red circle"], "seeds": [0], "kinds": ["spatial"],
+        "model": "tiny:animatediff", "prompts": ["a red circle"], "seeds": [0], "kinds": ["spatial"],
         "layers": [LAST_SPATIAL], "group_kinds": [], "lams": [0.0, 1.0],
         "metrics": ["ssim", "temporal_ssim", "flow_magnitude"], "num_frames": 4, "num_inference_steps": 2,
         "height": 16, "width": 16, "interactive": True},
 }
 RUN_TIMEOUT_S = 420
-
-if not CHROMIUM.exists():
-    if os.environ.get("IEADAPT_ALLOW_NO_BROWSER") == "1":
-        pytest.skip("no /usr/bin/chromium and IEADAPT_ALLOW_NO_BROWSER=1", allow_module_level=True)
-    raise RuntimeError("The browser test needs Debian's chromium: apt-get install -y chromium "
-                       "(or set IEADAPT_ALLOW_NO_BROWSER=1 to skip it outside CI).")
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -68,36 +59,40 @@ def lab(tmp_path_factory):
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}
-    log = open(root / ".lab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         "--IdentityProvider.token=", "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
-         f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={root / '.settings'}",
-         f"--LabApp.workspaces_dir={root / '.workspaces'}", "--ServerApp.open_browser=False", "--allow-root"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{url}/api/status", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, (root / ".lab.log").read_text()
-                time.sleep(0.5)
-        else:
-            raise TimeoutError((root / ".lab.log").read_text())
-        yield url, root
-    finally:
-        server.terminate()
+    with open(root / ".lab.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+             "--IdentityProvider.token=", "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
+             f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={root / '.settings'}",
+             f"--LabApp.workspaces_dir={root / '.workspaces'}", "--ServerApp.open_browser=False", "--allow-root"],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            for _ in range(240):
+                try:
+                    urllib.request.urlopen(f"{url}/api/status", timeout=2)
+                    break
+                except OSError:
+                    assert server.poll() is None, (root / ".lab.log").read_text()
+                    time.sleep(0.5)
+            else:
+                raise TimeoutError((root / ".lab.log").read_text())
+            yield url, root
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 @pytest.fixture(scope="module")
 def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("IEADAPT_ALLOW_NO_BROWSER") == "1":
+            pytest.skip("no /usr/bin/chromium and IEADAPT_ALLOW_NO_BROWSER=1")
+        pytest.fail("The browser test needs Debian's chromium: apt-get install -y chromium "
+                    "(or set IEADAPT_ALLOW_NO_BROWSER=1 to skip it outside CI).")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -171,7 +166,7 @@ def _heatmap_src(page) -> str:
     }""")
 
 
-def test_notebooks_render_in_jupyterlab(lab, browser):
+def test_notebooks_render_in_jupyterlab(browser, lab):
     url, root = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     messages = []
