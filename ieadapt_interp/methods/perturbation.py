@@ -173,7 +173,7 @@ class PerturbationHandler(AttentionHandler):
     >>> from ieadapt_interp import tiny_pipeline, attention_layers
     >>> h = PerturbationHandler(identity("temporal"), name="p0")
     >>> len(h.layers(attention_layers(tiny_pipeline())))
-    20
+    40
     """
 
     def __init__(self, perturbation: Perturbation, samples: frozenset[int] | None = None,
