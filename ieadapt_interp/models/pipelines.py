@@ -150,6 +150,8 @@ _TINY_BUILDERS = {"animatediff": _tiny_animatediff, "cogvideox": _tiny_cogvideox
 def tiny_pipeline(arch: Arch = "animatediff", seed: int = 0):
     """A random-initialised pipeline of the given architecture, built only from configs.
 
+    The builder behind the spec ``"tiny:<arch>"``: the documented entry is
+    :func:`load_pipeline` ``("tiny:<arch>")`` (seed 0); call this directly only for another ``seed``.
     Deterministic by ``seed``; no downloads; every module in eval mode with gradients off.
     AnimateDiff keeps SD 1.5's block layout (16 spatial self-attention layers) at tiny widths;
     it generates 16×16 px videos in well under a second per step on CPU.
