@@ -75,8 +75,8 @@ def _run_plain(pipe, arch, guidance=None):
                     max_guidance_scale=guidance, decode_chunk_size=size["num_frames"], **kw)
     # the same inputs as ia.generate: negative prompt "" and the latents it draws for seed 0
     latents = _noise(pipe, 0, size["num_frames"], size["height"], size["width"], pipe.text_encoder.dtype)
-    return pipe(prompt=PROMPT, negative_prompt="", guidance_scale=guidance, latents=latents,
-                **{adapter.frames_kwarg: size["num_frames"]}, **{**adapter.call_defaults(pipe), **kw})
+    return pipe(prompt=PROMPT, guidance_scale=guidance, latents=latents, **{adapter.frames_kwarg: size["num_frames"]},
+                **{**adapter.call_defaults(pipe), "negative_prompt": "", **kw})
 
 
 def _trace(pipe, arch, layers=None):
@@ -217,13 +217,20 @@ def test_perturbation_closed_forms(arch):
     assert has_leftovers(pipe) == []
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "svd"])
+def _processors(pipe):
+    return {(a, n): m.processor for a, model in get_adapter(pipe).denoisers(pipe).items()
+            for n, m in model.named_modules() if hasattr(m, "processor")}
+
+
+# SVD: not prompt-driven (its restore is the closed-form test's has_leftovers); Lightning: the AnimateDiff UNet
+# (tests/test_safety.py) and test_lightning_perturbs_without_an_unconditional_row
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("svd", "animatediff-lightning")])
 def test_restored_after_exception_and_bit_identical(arch):
     pipe = tiny(arch)
     size, guidance, steps = CASES[arch]
     kw = dict(guidance_scale=guidance, num_inference_steps=steps, **size)
     before = ia.generate(pipe, PROMPT, **kw).video
-    processors = {a: dict(m.attn_processors) for a, m in get_adapter(pipe).denoisers(pipe).items()}
+    processors = _processors(pipe)
     first = ia.attention_layers(pipe).name[0]
 
     def boom(p, step, timestep, kwargs):
@@ -233,7 +240,7 @@ def test_restored_after_exception_and_bit_identical(arch):
         ia.trace(pipe, PROMPT, perturb=ia.uniform(ia.attention_layers(pipe).kind[0]), callback_on_step_end=boom,
                  maps=ia.MapRequest(layers=first), **kw)
     assert has_leftovers(pipe) == []
-    assert {a: dict(m.attn_processors) for a, m in get_adapter(pipe).denoisers(pipe).items()} == processors
+    assert _processors(pipe) == processors
     assert not torch.overrides._get_current_function_mode_stack()
     traced = ia.trace(pipe, PROMPT, layers=first, **kw)  # capture leaves the output as it was
     np.testing.assert_array_equal(traced.video, before)
@@ -245,7 +252,7 @@ def test_lightning_perturbs_without_an_unconditional_row():
     size, guidance, steps = CASES["animatediff-lightning"]
     assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
     assert pipe.scheduler.config.timestep_spacing == "trailing"
-    kw = dict(guidance_scale=1.0, num_inference_steps=4, **size)
+    kw = dict(guidance_scale=1.0, num_inference_steps=4, **{**size, "num_frames": 2})
     calls = []
     hook = pipe.unet.register_forward_pre_hook(lambda m, a, k: calls.append(int(a[0].shape[0])), with_kwargs=True)
     try:
@@ -260,20 +267,21 @@ def test_lightning_perturbs_without_an_unconditional_row():
         ia.trace(pipe, PROMPT, branch="uncond", **kw)
 
 
-@pytest.mark.parametrize("arch,call,error,match", [
+@pytest.mark.parametrize("arch,call,error,match,before_work", [
     ("wan", lambda p: ia.trace(p, PROMPT, layers="blocks.9.attn1", **CASES["wan"][0]), KeyError,
-     "Unknown attention layer"),
+     "Unknown attention layer", True),
+    # refused at the layer's first call, as for AnimateDiff (tests/test_perturbation.py)
     ("wan", lambda p: ia.generate(p, PROMPT, perturb=ia.identity("cross"), **CASES["wan"][0]), ValueError,
-     "cross-attention"),
+     "cross-attention", False),
     ("latte", lambda p: ia.trace(p, PROMPT, **{**CASES["latte"][0], "num_frames": 4}), ValueError,
-     "at most 3 frames"),
+     "at most 3 frames", True),
     ("ltx", lambda p: ia.generate(p, PROMPT, perturb=ia.identity("temporal"), **CASES["ltx"][0]), ValueError,
-     "matches no attention layer"),
+     "matches no attention layer", True),
     ("hunyuanvideo", lambda p: ia.trace(p, PROMPT, branch="both", **CASES["hunyuanvideo"][0]), ValueError,
-     "guidance"),
-    ("svd", lambda p: ia.trace(p, PROMPT, **CASES["svd"][0]), TypeError, "not conditioned on a text prompt"),
+     "guidance", True),
+    ("svd", lambda p: ia.trace(p, PROMPT, **CASES["svd"][0]), TypeError, "not conditioned on a text prompt", True),
 ])
-def test_bad_input_fails_before_work(arch, call, error, match):
+def test_bad_input_fails_cleanly(arch, call, error, match, before_work):
     pipe = tiny(arch)
     calls = []
     hooks = [m.register_forward_pre_hook(lambda m, a: calls.append(1))
@@ -284,7 +292,8 @@ def test_bad_input_fails_before_work(arch, call, error, match):
     finally:
         for h in hooks:
             h.remove()
-    assert calls == [] and has_leftovers(pipe) == []
+    assert (calls == []) or not before_work
+    assert has_leftovers(pipe) == [] and not torch.overrides._get_current_function_mode_stack()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -214,14 +214,13 @@ def _resolve(path_or_id: str | os.PathLike) -> str:
 NATIVE_PIPELINES = {
     "WanPipeline": torch.bfloat16, "LattePipeline": torch.float16, "LTXPipeline": torch.bfloat16,
     "HunyuanVideoPipeline": torch.bfloat16, "MochiPipeline": torch.bfloat16,
-    "StableVideoDiffusionPipeline": torch.float16, "AnimateDiffPipeline": torch.float16,
-    "AnimateDiffSDXLPipeline": torch.float16,
-}
+    "StableVideoDiffusionPipeline": torch.float16, "AnimateDiffSDXLPipeline": torch.float16,
+}  # a whole AnimateDiffPipeline folder loads as the embedded model's form (_is_toy_folder)
 
 
 def _native_pipeline(folder: Path, device: str, dtype: torch.dtype | None):
     """A folder whose ``model_index.json`` names one of :data:`NATIVE_PIPELINES` with every component
-    present (an AnimateDiff folder must hold its ``motion_adapter``); ``None`` for other folders."""
+    present (an AnimateDiff folder must hold its motion UNet); ``None`` for other folders."""
     import json
 
     index = folder / "model_index.json"
@@ -229,8 +228,9 @@ def _native_pipeline(folder: Path, device: str, dtype: torch.dtype | None):
         return None
     spec = json.loads(index.read_text())
     name = spec.get("_class_name")
-    if name not in NATIVE_PIPELINES or (name.startswith("AnimateDiff") and "motion_adapter" not in spec):
-        return None
+    if name not in NATIVE_PIPELINES or (name.startswith("AnimateDiff")
+                                        and spec.get("unet", [None, None])[1] != "UNetMotionModel"):
+        return None  # an AnimateDiff base model without its motion modules: the `motion_adapter=` path
     missing = [k for k, v in spec.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None
                and not (folder / k).is_dir()]
     if missing:
@@ -295,14 +295,14 @@ def load_pipeline(
     _require(folder, "Model folder", "Download the base model (e.g. SG161222/Realistic_Vision_V5.1_noVAE or "
              "THUDM/CogVideoX-5b) on a machine with internet access and copy the folder here.")
     index = folder / "model_index.json"
+    native = _native_pipeline(folder, device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype)
+    if native is not None:  # Wan, LTX-Video, HunyuanVideo, … saved whole
+        return native
     if _is_toy_folder(index) and motion_adapter is None:  # a saved toy-style pipeline (UNetMotionModel inside)
         from ..models.toy import load_toy_pipeline
 
         return load_toy_pipeline(folder, device=device or "cpu", dtype=dtype or torch.float32)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    native = _native_pipeline(folder, device, dtype)
-    if native is not None:
-        return native
     if (folder / "transformer").exists() and "CogVideoX" in (index.read_text() if index.exists() else ""):
         from diffusers import CogVideoXPipeline
 
