@@ -32,6 +32,7 @@ CASES = {
     "latte": (dict(num_frames=3, height=32, width=32), 4.0, 1),
     "ltx": (dict(num_frames=9, height=32, width=32), 4.0, 1),
     "hunyuanvideo": (dict(num_frames=5, height=32, width=32), 6.0, 1),  # distilled guidance: no CFG rows
+    "mochi": (dict(num_frames=7, height=32, width=32), 4.0, 2),  # its sigma schedule needs 2 steps
     "svd": (dict(num_frames=3, height=32, width=32), 3.0, 1),
     "animatediff-lightning": (dict(num_frames=4, height=16, width=16), 1.0, 1),  # no CFG; 4 steps below
     "animatediff-sdxl": (dict(num_frames=4, height=16, width=16), 4.0, 1),
@@ -42,6 +43,7 @@ KINDS = {
     "latte": ["spatial", "cross", "temporal"] * 2,
     "ltx": ["joint", "cross"] * 2,
     "hunyuanvideo": ["joint", "joint"],
+    "mochi": ["joint", "joint"],
     "svd": ["spatial", "cross", "temporal", "cross"] * 4,
     "animatediff-lightning": None,  # as AnimateDiff (tests/test_safety.py)
     "animatediff-sdxl": ["temporal"] * 2 + ["spatial", "cross"] * 2 + ["temporal"] * 2 + ["spatial", "cross"] * 2
@@ -141,11 +143,16 @@ def test_stats_match_fp64_reference_every_kind(arch):
     for call in calls:
         key = (call["layer"], call["step"])
         nth = seen[key] = seen.get(key, -1) + 1
-        separate = arch.startswith("wan") and cfg  # Wan: cond forward, then uncond forward
+        # Wan: a cond forward, then an uncond forward; Mochi: one attention call per row (uncond, then cond)
+        separate = arch in ("wan", "wan2.2", "mochi") and cfg
         n_rows = 2 if cfg and not separate else 1
-        branches = (["cond", "uncond"][nth],) if separate else (("uncond", "cond") if n_rows == 2 else ("cond",))
+        order = ["cond", "uncond"] if arch.startswith("wan") else ["uncond", "cond"]
+        branches = (order[nth],) if separate else (("uncond", "cond") if n_rows == 2 else ("cond",))
         layout = layouts[call["layer"]]
         text_len = TEXT_LEN if layout in ("joint", "joint_video_text") else 0
+        if arch == "mochi":  # only the row's unpadded text tokens follow its video tokens (patch 2, VAE 8×, 6 frames)
+            n_video = ((size["num_frames"] - 1) // 6 + 1) * (size["height"] // 16) * (size["width"] // 16)
+            text_len = call["q"].shape[-2] - n_video
         ref = row_stats(call["q"], call["k"], call["v"], call["scale"], call["mask"])
         for var, rows in ref.items():
             how = "mean" if var == "entropy" else "sum"
@@ -158,8 +165,10 @@ def test_stats_match_fp64_reference_every_kind(arch):
                 checked.add((var, str(stats.kind.sel(layer=call["layer"]).item()), branch))
         if layout == "joint_video_text":  # text-token query rows are reported separately
             text = ref["entropy"][..., -text_len:].mean(-1)
-            np.testing.assert_allclose(stats.entropy_text.sel(step=call["step"], layer=call["layer"]).values,
-                                       text[0].numpy(), rtol=1e-4)
+            for row, branch in enumerate(branches):
+                got = stats.entropy_text.sel(step=call["step"], layer=call["layer"])
+                got = got.sel(branch=branch) if "branch" in got.dims else got
+                np.testing.assert_allclose(got.values, text[row].numpy(), rtol=1e-4)
     kinds = set(table.kind)
     assert {k for _, k, _ in checked} == kinds
     assert {b for _, _, b in checked} == ({"cond", "uncond"} if cfg else {"cond"})

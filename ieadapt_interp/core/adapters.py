@@ -16,7 +16,8 @@ Token layouts of the ``F.scaled_dot_product_attention`` call (``q: [B', head, qu
 * ``video`` — ``B' = row``; the query sequence is ``[frame 0 tokens, frame 1 tokens, …]`` with no text
   in it (Wan / LTX-Video 3-D self-attention over video tokens, and their cross-attention to text).
 * ``joint_video_text`` — ``B' = row``; the sequence is ``[frame 0 tokens, …, text tokens]`` (HunyuanVideo
-  dual- and single-stream blocks, Mochi).
+  dual- and single-stream blocks, Mochi — whose processor calls the attention once per row with only
+  that row's unpadded text tokens; the interception labels each such call with its row).
 
 A :class:`Rule` may name its layout; otherwise the kind's default applies (spatial/cross →
 ``frames_in_batch``, temporal → ``frames_in_sequence``, joint → ``joint``).
@@ -366,6 +367,27 @@ HUNYUANVIDEO = Adapter(
 )
 
 
+MOCHI = Adapter(
+    name="mochi",
+    denoiser_classes=("MochiTransformer3DModel",),
+    denoiser_attr="transformer",
+    rules=(Rule(r"transformer_blocks\.\d+\.attn1", "joint", "joint_video_text"),),
+    sample_arg="hidden_states",
+    timestep_arg="timestep",
+    text_arg="encoder_hidden_states",
+    frame_axis=2,
+    max_frames=lambda transformer: None,
+    block_of=_depth_block,
+    order_key=lambda path: (int(path.split(".")[1]),),
+    latent_shape=lambda pipe, f, h, w: (pipe.transformer.config.in_channels, (f - 1) // pipe.vae_temporal_scale_factor
+                                        + 1, h // pipe.vae_spatial_scale_factor, w // pipe.vae_spatial_scale_factor),
+    default_size=lambda pipe: (480, 848),
+    call_defaults=_cap_text(256),
+    prompt_outputs=("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                    "negative_prompt_attention_mask"),
+)
+
+
 def _svd_order(path: str) -> tuple:
     return (*_unet_order(path)[:-1], "temporal_transformer_blocks" in path, path.endswith("attn2"))
 
@@ -395,7 +417,7 @@ SVD = Adapter(
     prompt_outputs=(),
 )
 
-ADAPTERS: tuple[Adapter, ...] = (ANIMATEDIFF, COGVIDEOX, WAN, LATTE, LTX, HUNYUANVIDEO, SVD)
+ADAPTERS: tuple[Adapter, ...] = (ANIMATEDIFF, COGVIDEOX, WAN, LATTE, LTX, HUNYUANVIDEO, MOCHI, SVD)
 
 
 def get_adapter(pipe) -> Adapter:

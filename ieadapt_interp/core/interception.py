@@ -68,6 +68,7 @@ class _RunState:
     num_frames: int = 1
     layer: AttentionLayer | None = None
     text_len: int = 0
+    text_mask: torch.Tensor | None = None  # a layer's ``[row, text]`` padding mask (Mochi)
     calls_in_layer: int = 0
     mode: _SDPAMode | None = None
 
@@ -259,6 +260,9 @@ class Interception:
         text = _bind(module, args, kwargs).get("encoder_hidden_states")
         layout = get_layout(self.state.layer.layout)
         self.state.text_len = int(text.shape[1]) if (text is not None and layout.has_text) else 0
+        mask = _bind(module, args, kwargs).get("attention_mask") if self.state.text_len else None
+        self.state.text_mask = mask if (mask is not None and mask.ndim == 2
+                                        and mask.shape[1] == self.state.text_len) else None
         self._leave_mode()
         self.state.mode = _SDPAMode(self._on_sdpa)
         self.state.mode.__enter__()
@@ -285,12 +289,17 @@ class Interception:
     def _on_sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **extra):
         layer, st = self.state.layer, self.state
         st.calls_in_layer += 1
-        n_rows = len(st.rows) or query.shape[0]
+        rows, text_len = st.rows or [("all", i) for i in range(query.shape[0])], st.text_len
+        if st.text_mask is not None and attn_mask is None and query.shape[0] == 1:
+            # one call per row over [video, the row's unpadded text tokens] (Mochi's processor)
+            row = st.calls_in_layer - 1
+            rows, text_len = [rows[row]], int(st.text_mask[row].sum())
+        n_rows = len(rows)
         if query.shape[0] % n_rows:
             raise RuntimeError(f"{layer.name}: attention batch {query.shape[0]} is not a multiple of the "
                                f"denoiser batch {n_rows}; the adapter's layout does not fit this model.")
-        ctx = CallContext(layer, st.step, st.rows or [("all", i) for i in range(n_rows)], query.shape[0] // n_rows,
-                          get_layout(layer.layout), st.num_frames, st.text_len, query, key, value, attn_mask,
+        ctx = CallContext(layer, st.step, rows, query.shape[0] // n_rows, get_layout(layer.layout), st.num_frames,
+                          text_len, query, key, value, attn_mask,
                           query.shape[-1] ** -0.5 if scale is None else scale, _index_cache=self._index_cache)
         handlers = self._by_layer.get(layer.name, ())
         for handler in handlers:
