@@ -31,6 +31,8 @@ from .models.specs import resolve_model
 from .methods.attend_from import AttendFrom, AttendFromHandler
 from .methods.perturbation import Layers, Perturbation, PerturbationHandler, identity, mix, scale, uniform
 from .methods.tracing import Result, generate, trace
+from .methods.calibration import Registry, calibrate
+from .methods.guidance import PAIRS, Guidance, guide, guiding, linear_schedule
 
 # metrics, sweeps, analysis
 from . import metrics
@@ -55,3 +57,4 @@ __all__ = [
     "identity", "load_pipeline", "metrics", "mix", "open_sweep", "presets", "resolve_model", "scale",
     "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform", "video",
 ]
+__all__ += ["Guidance", "PAIRS", "Registry", "calibrate", "guide", "guiding", "linear_schedule"]

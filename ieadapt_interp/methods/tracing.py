@@ -23,10 +23,14 @@ from ..core.interception import Interception
 from ..core.maps import MapRequest
 from .attend_from import AttendFrom, AttendFromHandler
 from .perturbation import LayerSpec, PerturbSpec, as_layers, as_perturbations, perturbation_handlers
+from .guidance import Guidance, guiding
 from ..core.versions import versions_string
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 
-BranchChoice = Literal["cond", "uncond", "both"]
+BranchChoice = Literal["cond", "uncond", "both", "all"]
+#: rows each ``branch=`` choice records; ``all`` adds guidance's ``pos`` / ``neg`` rows
+_RECORDED = {"cond": ("cond",), "uncond": ("uncond",), "both": ("cond", "uncond"),
+             "all": ("cond", "uncond", "pos", "neg")}
 
 
 @dataclass
@@ -102,6 +106,7 @@ def generate(
     branch: BranchChoice = "cond",
     maps: MapRequest | None = None,
     attend_from: Sequence[AttendFrom] = (),
+    guidance: Guidance | None = None,
     progress: bool = False,
     **pipeline_kwargs,
 ) -> Result:
@@ -118,9 +123,13 @@ def generate(
     capture
         ``False``; ``True`` (every attention layer); or a layer spec (name, kind, list, Layers).
     branch
-        Which CFG branch the statistics describe: ``cond`` (default), ``uncond`` or ``both``.
+        Which CFG branch the statistics describe: ``cond`` (default), ``uncond``, ``both``, or ``all``
+        (also guidance's ``pos`` / ``neg`` rows; the Dataset's ``branch`` coordinate says which is which).
     maps
         A :class:`~ieadapt_interp.MapRequest` to materialise pooled maps (returned as a DataTree).
+    guidance
+        A :class:`~ieadapt_interp.Guidance`: IE-Adapt / PAG quality guidance in the same batched forward
+        (see :mod:`ieadapt_interp.methods.guidance`).
 
     Returns a :class:`Result` (``.video`` uint8 ``[frame, H, W, 3]``, ``.videos`` with a sample axis,
     ``.stats``, ``.maps``). The pipeline is left exactly as it was, also on errors.
@@ -134,15 +143,23 @@ def generate(
     """
     _check_prompt(prompt)
     _check_frames(pipe, num_frames)
-    if branch not in ("cond", "uncond", "both"):
-        raise IEAdaptValueError(f"branch must be 'cond', 'uncond' or 'both'; got {branch!r}.")
+    if branch not in _RECORDED:
+        raise IEAdaptValueError(f"branch must be 'cond', 'uncond', 'both' or 'all'; got {branch!r}.")
+    if guidance is not None and not isinstance(guidance, Guidance):
+        raise IEAdaptTypeError(f"guidance= takes an ieadapt_interp.Guidance; got {type(guidance).__name__}.")
+    if isinstance(guidance, Guidance) and not isinstance(guidance.scale, float) and \
+            len(guidance.scale) != num_inference_steps:
+        raise IEAdaptValueError(f"The guidance scale schedule has {len(guidance.scale)} values for "
+                                f"{num_inference_steps} steps; give one value per step.")
+    guidance_layers = guidance.resolve(pipe) if guidance is not None else []
     if variants is not None and perturb is not None:
         raise IEAdaptValueError("Give either perturb= (same for every sample) or variants= (one per sample), not both.")
     specs = [as_perturbations(v) for v in variants] if variants is not None else [as_perturbations(perturb)]
     if not specs:
         raise IEAdaptValueError("variants= is empty: give at least one perturbation spec (None = unperturbed).")
     handlers = [*[AttendFromHandler(a, name=f"attend_from[{i}]") for i, a in enumerate(attend_from)],
-                *perturbation_handlers(specs, per_sample=variants is not None)]
+                *perturbation_handlers(specs, per_sample=variants is not None),
+                *(guidance.handlers(guidance_layers) if guidance is not None else [])]
     records = layer_records(pipe)
     if capture is True:
         capture_names = [r.name for r in records]
@@ -153,7 +170,7 @@ def generate(
     cfg = guidance_scale > 1.0 and get_adapter(pipe).guidance_is_cfg
     if branch != "cond" and not cfg:
         raise IEAdaptValueError(f"branch={branch!r} needs classifier-free guidance (guidance_scale > 1).")
-    record_branches = ("cond", "uncond") if branch == "both" else (branch,)
+    record_branches = _RECORDED[branch]
     adapter = get_adapter(pipe)
     height, width = (height or adapter.default_size(pipe)[0]), (width or adapter.default_size(pipe)[1])
     n = len(specs)
@@ -176,12 +193,18 @@ def generate(
                         latents=latents, output_type="np", **{adapter.frames_kwarg: num_frames},
                         **adapter.call_defaults(pipe), **pipeline_kwargs)
             with interception:
-                output = pipe(**call)
+                if guidance is None:
+                    output = pipe(**call)
+                else:
+                    with guiding(pipe, guidance, cfg=cfg, interception=interception):
+                        output = pipe(**call)
     finally:
         pipe._progress_bar_config = progress_config
     videos = _to_uint8(output.frames)
     attrs = _attrs(pipe, prompt, negative_prompt, seed, num_frames, num_inference_steps, guidance_scale,
                    height, width, branch, specs)
+    if guidance is not None:
+        attrs["guidance"] = json.dumps({**guidance.to_dict()["guidance"], "resolved_layers": guidance_layers})
     stats = (stats_dataset(interception.stats_calls, records, interception.state.timesteps, attrs)
              if capture_names else None)
     tree = maps_tree(interception.maps, records, attrs) if maps is not None else None

@@ -7,7 +7,8 @@ computed, only how).
 
 Perturbation entries are *variants*: a tuple of :class:`~ieadapt_interp.Perturbation` applied together to
 one sample (a single-layer perturbation is a 1-tuple). Entry 0 of the ``perturbation`` axis is always the
-unperturbed ``baseline``.
+unperturbed ``baseline``. A :class:`~ieadapt_interp.Guidance` may stand where a perturbation does: its row
+is the same prompt and seed generated with that quality guidance (run on its own, not batched).
 
 >>> import ieadapt_interp as ia
 >>> cfg = SweepConfig.build(["a red circle"], {"t1:U": ia.uniform("temporal")}, seeds=[0, 1],
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..methods.guidance import Guidance
 from ..methods.perturbation import Perturbation
 from .models import ModelSpec, model_key
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
@@ -42,11 +44,13 @@ GENERATION_KEYS = (
     "scheduler",
 )
 
-PerturbationEntry = Perturbation | Sequence[Perturbation]
+PerturbationEntry = Perturbation | Guidance | Sequence[Perturbation]
 PerturbationsArg = Sequence[PerturbationEntry] | Mapping[str, PerturbationEntry]
 
 
 def _as_variant(entry: PerturbationEntry, where: str) -> tuple[Perturbation, ...]:
+    if isinstance(entry, Guidance):  # a guidance row (IE-Adapt / PAG) next to the perturbations
+        return (entry,)
     items = (entry,) if isinstance(entry, Perturbation) else tuple(entry)
     if not items or not all(isinstance(p, Perturbation) for p in items):
         raise IEAdaptTypeError(
@@ -156,7 +160,7 @@ class SweepConfig:
         if isinstance(perturbations, Mapping):
             names: tuple[str | None, ...] = tuple(str(k) for k in perturbations)
             entries = list(perturbations.values())
-        elif isinstance(perturbations, Perturbation):
+        elif isinstance(perturbations, (Perturbation, Guidance)):
             names, entries = (None,), [perturbations]
         else:
             entries = list(perturbations)

@@ -99,6 +99,11 @@ def _lam(perts) -> float:
     return lams.pop() if len(lams) == 1 else math.nan
 
 
+def _is_guidance(variant) -> bool:
+    """Whether a serialised variant is a :class:`~ieadapt_interp.Guidance` row (``[{"guidance": …}]``)."""
+    return len(variant) == 1 and isinstance(variant[0], Mapping) and "guidance" in variant[0]
+
+
 class Worker:
     """Holds a pipeline and runs :class:`Task` objects.
 
@@ -161,10 +166,16 @@ class Worker:
         from ..methods.perturbation import Perturbation
 
         self.check_metrics()
+        variants = list(variants)
+        guided = {i: self._describe_guidance(v[0]) for i, v in enumerate(variants) if _is_guidance(v)}
+        variants = [() if i in guided else v for i, v in enumerate(variants)]
 
         table = self.attention_layers().set_index("name", drop=False)
         out = []
-        for variant in variants:
+        for i, variant in enumerate(variants):
+            if i in guided:
+                out.append(guided[i])
+                continue
             perts = [Perturbation.from_dict(d) for d in variant]
             names = list(
                 dict.fromkeys(n for p in perts for n in p.layers.resolve(table.reset_index(drop=True)))
@@ -184,6 +195,24 @@ class Worker:
                 }
             )
         return out
+
+    def _describe_guidance(self, data: dict) -> dict:
+        """Coordinates of a guidance row (its layers resolved on the held pipeline; bad input raises)."""
+        from ..methods.guidance import Guidance
+
+        guidance = Guidance.from_dict(data)
+        names = guidance.resolve(self.pipe)
+        rows = self.layer_table().set_index("name", drop=False).loc[names]
+        return {
+            "layer": ";".join(names),
+            "kind": "+".join(dict.fromkeys(rows["kind"])),
+            "block": "+".join(dict.fromkeys(rows["block"])),
+            "index": int(rows["index"].iloc[0]) if len(names) == 1 else -1,
+            "n_layers": len(names),
+            "replacement": "guidance",
+            "lam": guidance.scale if isinstance(guidance.scale, float) else math.nan,
+            "label": guidance.label,
+        }
 
     def check_metrics(self) -> None:
         """Compute every metric once on a black video of the sweep's size; raise (before any work) if one
@@ -227,8 +256,18 @@ class Worker:
             result = generate(self.pipe, task.prompt, capture=True, **kwargs)
             videos, stats = result.videos, result.stats
         else:
-            specs = [[Perturbation.from_dict(d) for d in variant] for variant in task.variants]
-            videos, stats = generate(self.pipe, task.prompt, variants=specs, **kwargs).videos, None
+            from ..methods.guidance import Guidance
+
+            plain = [i for i, v in enumerate(task.variants) if not _is_guidance(v)]
+            videos, stats = [None] * len(task.variants), None
+            if plain:  # perturbation variants: one batched forward
+                specs = [[Perturbation.from_dict(d) for d in task.variants[i]] for i in plain]
+                for i, video in zip(plain, generate(self.pipe, task.prompt, variants=specs, **kwargs).videos):
+                    videos[i] = video
+            for i, variant in enumerate(task.variants):  # guidance rows: one run each
+                if _is_guidance(variant):
+                    videos[i] = generate(self.pipe, task.prompt, guidance=Guidance.from_dict(variant[0]),
+                                         **kwargs).video
         seconds = (time.perf_counter() - start) / len(task.perturbations)
         results = []
         for k, video in zip(task.perturbations, videos):

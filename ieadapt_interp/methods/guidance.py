@@ -1,0 +1,451 @@
+"""IE-Adapt quality guidance (paper Sec. 4.1, Eqs. 4–5): attention-perturbation guidance in one batched forward.
+
+Per denoising step, with ``ε_∅`` (unconditional), ``ε_A = ε(z_t, c)`` and the perturbed conditional
+estimates ``ε_I`` (``A_l ← I``), ``ε_U`` (``A_l ← U``) or ``ε_mix(λ)`` (``A_l ← λI + (1-λ)U``) in the
+guidance layers ``l``::
+
+    ε̃ = ε_∅ + w·(ε_A − ε_∅) + s·(ε_pos − ε_neg)           (with CFG, w = the pipeline's guidance_scale)
+    ε̃ = ε_A + s·(ε_pos − ε_neg)                           (without CFG, guidance_scale ≤ 1)
+
+The paper's pairs by name (:data:`PAIRS`): ``PAG = (A, I)`` (Ahn et al. 2024), ``(U, A)``, ``(U, I)``.
+
+**How it runs.** The user's own pipeline object, scheduler and denoising loop run unchanged. A forward
+pre-hook on the denoiser appends one copy of the conditional rows per term other than ``A`` (a term equal
+to ``A`` reuses the conditional row), so ``(A, I)`` runs 3 rows per sample and ``(U, I)`` 4, in **one**
+batch; the rows are labelled ``("uncond", i)``, ``("cond", i)``, ``("pos", i)``, ``("neg", i)`` and the
+perturbation acts only on the ``pos`` / ``neg`` rows, at the attention call. A forward hook then drops the
+extra rows and adds ``s·(ε_pos − ε_neg)`` to *every* remaining row of the sample (unconditional and
+conditional alike). The pipeline's own CFG line ``ε_∅' + w·(ε_c' − ε_∅')`` then yields exactly the
+formula above for any ``w`` — also CogVideoX's dynamic CFG, which changes ``w`` after the denoiser call.
+At a step where the guidance is off (outside ``steps``, or scale 0) no row is added at all.
+
+**Joint attention (CogVideoX).** The perturbation replaces the map of the *video-token* query rows only;
+the text-token rows keep their attention (``text_rows=True`` perturbs them too).
+
+>>> g = Guidance("U", "I", scale=2.0, layers="down_blocks.0.attentions.0.transformer_blocks.0.attn1")
+>>> g.label, g.extra_branches
+('(U,I) s=2', ('pos', 'neg'))
+>>> Guidance.from_dict(g.to_dict()) == g
+True
+>>> Guidance.pair("PAG", scale=3.0).label
+'(A,I) s=3'
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from ..core.adapters import attention_layers, get_adapter
+from ..core.errors import IEAdaptKeyError, IEAdaptTypeError, IEAdaptValueError
+from ..core.handlers import CallContext
+from ..core.interception import Interception
+from ..core.layers import Layers, LayerSpec, as_layers
+from .calibration import Registry, default_registry, fingerprint
+from .perturbation import Perturbation, PerturbationHandler
+
+#: The paper's (pos, neg) pairs (Table 2), by name.
+PAIRS: dict[str, tuple[str, str]] = {"PAG": ("A", "I"), "UA": ("U", "A"), "UI": ("U", "I")}
+
+_MIX = re.compile(r"mix\(\s*([0-9.eE+-]+)\s*\)")
+_TERM_HELP = "'A' (unperturbed), 'I' (identity map), 'U' (uniform map) or 'mix(λ)' (λI + (1-λ)U, 0 ≤ λ ≤ 1)"
+
+
+def parse_term(term: str) -> tuple[str, float]:
+    """``"A" | "I" | "U" | "mix(λ)"`` → ``(replacement, λ)``; ``("none", 1.0)`` for ``A``.
+
+    >>> parse_term("mix(0.25)"), parse_term("U")
+    (('mix', 0.25), ('uniform', 1.0))
+    """
+    if not isinstance(term, str):
+        raise IEAdaptTypeError(f"A guidance term must be a string, {_TERM_HELP}; got {term!r}.")
+    t = term.strip()
+    if t in ("A", "I", "U"):
+        return {"A": ("none", 1.0), "I": ("identity", 1.0), "U": ("uniform", 1.0)}[t]
+    match = _MIX.fullmatch(t)
+    if match:
+        lam = float(match.group(1))
+        if not 0.0 <= lam <= 1.0:
+            raise IEAdaptValueError(f"mix(λ) needs 0 ≤ λ ≤ 1 (λ=1 is I, λ=0 is U); got {term!r}.")
+        return "mix", lam
+    raise IEAdaptValueError(f"Unknown guidance branch {term!r}: use {_TERM_HELP}.")
+
+
+def _canonical(term: str) -> str:
+    kind, lam = parse_term(term)
+    return f"mix({lam:g})" if kind == "mix" else term.strip()
+
+
+def _check_scale(scale) -> float | tuple[float, ...]:
+    if isinstance(scale, bool):
+        raise IEAdaptTypeError(f"scale must be a number or a per-step sequence of numbers; got {scale!r}.")
+    if isinstance(scale, (int, float)):
+        values: tuple[float, ...] = (float(scale),)
+    elif isinstance(scale, Sequence) and not isinstance(scale, str) and len(scale) > 0:
+        try:
+            values = tuple(float(v) for v in scale)
+        except (TypeError, ValueError):
+            raise IEAdaptTypeError(f"scale must be a number or a per-step sequence of numbers; got {scale!r}.") from None
+    else:
+        raise IEAdaptTypeError(f"scale must be a number or a non-empty per-step sequence of numbers; got {scale!r}.")
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise IEAdaptValueError(f"The guidance scale must be finite; got {bad[0]} in scale={scale!r}.")
+    return values[0] if isinstance(scale, (int, float)) else values
+
+
+def linear_schedule(start: float, stop: float, steps: int) -> tuple[float, ...]:
+    """A per-step scale going linearly from ``start`` (first step) to ``stop`` (last step).
+
+    >>> linear_schedule(3.0, 1.0, 3)
+    (3.0, 2.0, 1.0)
+    """
+    if int(steps) < 1:
+        raise IEAdaptValueError(f"steps must be ≥ 1; got {steps}.")
+    if int(steps) == 1:
+        return (float(start),)
+    return tuple(float(start + (stop - start) * i / (steps - 1)) for i in range(int(steps)))
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Attention-perturbation guidance ``s·(ε_pos − ε_neg)`` added to CFG (see module docstring).
+
+    Parameters
+    ----------
+    pos, neg
+        ``"A"`` (unperturbed conditional), ``"I"``, ``"U"`` or ``"mix(λ)"``; they must differ.
+    scale
+        ``s``: a finite number, or one number per denoising step (a schedule, e.g. :func:`linear_schedule`).
+    layers
+        The perturbed layers: ``None`` = the model's registry ``l*`` (the highest-entropy self-attention
+        layer; the embedded model ships its registry, other models need :func:`~ieadapt_interp.calibrate`),
+        a :class:`~ieadapt_interp.methods.calibration.Registry` (its ``l*``; checked to come from the same
+        model), or any layer spec (name, list of names, kind, :class:`~ieadapt_interp.Layers`). Only
+        self-attention layers (spatial, temporal, joint).
+    steps
+        ``(start, stop)`` step range with guidance (stop exclusive); ``None`` = every step.
+    text_rows
+        Joint-attention models (CogVideoX): also perturb the text-token query rows (default: video only).
+    registry
+        Fingerprint of the model the registry came from (set when ``layers`` is a Registry).
+    """
+
+    pos: str = "U"
+    neg: str = "I"
+    scale: float | tuple[float, ...] = 1.0
+    layers: Layers | None = None
+    steps: tuple[int, int] | None = None
+    text_rows: bool = False
+    registry: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pos", _canonical(self.pos))
+        object.__setattr__(self, "neg", _canonical(self.neg))
+        if self.pos == self.neg:
+            raise IEAdaptValueError(f"pos and neg are both {self.pos!r}: ε_pos − ε_neg would be 0. Choose two "
+                                    f"different branches, e.g. the paper's pairs {PAIRS}.")
+        object.__setattr__(self, "scale", _check_scale(self.scale))
+        if isinstance(self.layers, Registry):
+            object.__setattr__(self, "registry", self.layers.fingerprint)
+            object.__setattr__(self, "layers", Layers(names=(self.layers.l_star,)))
+        elif self.layers is not None:
+            layers = as_layers(self.layers)
+            if layers.where is not None:
+                raise IEAdaptValueError("Guidance layers cannot be a predicate (it could not be stored or swept); "
+                                        "name the layers, a kind, or a Layers(...) selection.")
+            object.__setattr__(self, "layers", layers)
+        if self.steps is not None:
+            start, stop = (int(v) for v in self.steps)
+            if not 0 <= start < stop:
+                raise IEAdaptValueError(f"steps must be (start, stop) with 0 ≤ start < stop; got {self.steps}.")
+            object.__setattr__(self, "steps", (start, stop))
+        object.__setattr__(self, "text_rows", bool(self.text_rows))
+
+    # -- naming ---------------------------------------------------------------------------------------
+    @classmethod
+    def pair(cls, name: str, **kwargs) -> "Guidance":
+        """One of the paper's pairs by name: ``"PAG"`` = (A, I), ``"UA"`` = (U, A), ``"UI"`` = (U, I)."""
+        if name not in PAIRS:
+            raise IEAdaptKeyError(f"Unknown guidance pair {name!r}; choose from {sorted(PAIRS)} (= {PAIRS}).")
+        pos, neg = PAIRS[name]
+        return cls(pos, neg, **kwargs)
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``(U,I) s=2`` (``s=sched`` for a schedule)."""
+        s = f"{self.scale:g}" if isinstance(self.scale, float) else "sched"
+        return f"({self.pos},{self.neg}) s={s}"
+
+    @property
+    def extra_branches(self) -> tuple[str, ...]:
+        """The branches that need their own rows: ``pos`` / ``neg`` unless that term is ``A``."""
+        return tuple(b for b, t in (("pos", self.pos), ("neg", self.neg)) if t != "A")
+
+    def scale_at(self, step: int) -> float:
+        """``s`` at denoising ``step`` (0 outside ``steps``)."""
+        if self.steps is not None and not self.steps[0] <= step < self.steps[1]:
+            return 0.0
+        if isinstance(self.scale, float):
+            return self.scale
+        if step >= len(self.scale):
+            raise IEAdaptValueError(f"The scale schedule has {len(self.scale)} values but step {step} ran; give "
+                                    "one value per denoising step.")
+        return self.scale[step]
+
+    # -- serialisation --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (a sweep row); ``{"guidance": {...}}`` marks it among perturbations."""
+        layers = None
+        if self.layers is not None:
+            layers = {k: list(v) for k, v in asdict(self.layers).items() if k != "where" and v is not None}
+        return {"guidance": {"pos": self.pos, "neg": self.neg,
+                             "scale": self.scale if isinstance(self.scale, float) else list(self.scale),
+                             "layers": layers, "steps": list(self.steps) if self.steps else None,
+                             "text_rows": self.text_rows, "registry": self.registry}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Guidance":
+        d = dict(data.get("guidance", data))
+        layers = Layers(**{k: tuple(v) for k, v in d["layers"].items()}) if d.get("layers") else None
+        scale = d.get("scale", 1.0)
+        return cls(d["pos"], d["neg"], scale if isinstance(scale, (int, float)) else tuple(scale), layers,
+                   tuple(d["steps"]) if d.get("steps") else None, bool(d.get("text_rows", False)), d.get("registry"))
+
+    # -- resolution against a pipeline ---------------------------------------------------------------
+    def resolve(self, pipe) -> list[str]:
+        """The guidance layers of ``pipe`` (names), checked; raises before any work on bad input."""
+        table = attention_layers(pipe)
+        if self.registry is not None and self.registry != fingerprint(pipe):
+            raise IEAdaptValueError(
+                f"This guidance's layers come from a registry calibrated on another model (fingerprint "
+                f"{self.registry}, this pipeline's is {fingerprint(pipe)}). Run ia.calibrate(pipe, prompts) on "
+                "this pipeline, or give layers= by name.")
+        layers = self.layers
+        if layers is None:
+            layers = Layers(names=(default_registry(pipe).l_star,))
+        names = layers.resolve(table)
+        kinds = dict(zip(table["name"], table["kind"]))
+        cross = [n for n in names if kinds[n] == "cross"]
+        if cross:
+            raise IEAdaptValueError(f"Guidance perturbs self-attention maps only; {cross[0]} is cross-attention. "
+                                    "Choose spatial, temporal or joint layers (e.g. the registry's l*).")
+        return names
+
+    def handlers(self, names: Sequence[str]) -> list["BranchPerturbationHandler"]:
+        """One handler per perturbed branch (``pos`` / ``neg`` rows), on ``names``."""
+        out = []
+        for branch, term in (("pos", self.pos), ("neg", self.neg)):
+            kind, lam = parse_term(term)
+            if kind != "none":
+                out.append(BranchPerturbationHandler(Perturbation(Layers(names=tuple(names)), kind, lam), branch,
+                                                     self.text_rows, name=f"guidance.{branch}"))
+        return out
+
+
+class BranchPerturbationHandler(PerturbationHandler):
+    """Perturbs the rows of one guidance branch (``pos`` or ``neg``) in closed form.
+
+    On joint layers (text + video tokens in one sequence) only the video-token query rows are replaced
+    unless ``text_rows``.
+    """
+
+    def __init__(self, perturbation: Perturbation, branch: str, text_rows: bool = False,
+                 name: str = "guidance") -> None:
+        super().__init__(perturbation, rows=lambda b, s: b == branch, name=name)
+        self.branch, self.text_rows = branch, text_rows
+
+    def after(self, ctx: CallContext) -> None:
+        original = ctx.out
+        super().after(ctx)
+        if ctx.text_len and not self.text_rows and ctx.out is not original:
+            ctx.out[..., : ctx.text_len, :] = original[..., : ctx.text_len, :]  # ctx.out is a new tensor
+
+
+# -- the batched forward ------------------------------------------------------------------------------
+_ROW_ARGS = ("timestep_cond", "added_cond_kwargs", "ofs", "encoder_attention_mask",
+             "down_block_additional_residuals", "mid_block_additional_residual")
+
+
+def _take(x, index: torch.Tensor, batch: int):
+    """Rows ``index`` of every tensor in ``x`` whose first axis is a multiple of ``batch`` (nested dict/list)."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim == 0 or x.shape[0] % batch or x.shape[0] == 0:
+            return None
+        per = x.shape[0] // batch
+        idx = (index.unsqueeze(1) * per + torch.arange(per, device=index.device).unsqueeze(0)).flatten()
+        return x.index_select(0, idx.to(x.device))
+    if isinstance(x, Mapping):
+        return {k: _take(v, index, batch) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(v, index, batch) for v in x)
+    return None
+
+
+def _extend(x, extra):
+    """``x`` with the rows ``extra`` appended (same nesting as :func:`_take`)."""
+    if isinstance(x, torch.Tensor):
+        return x if extra is None else torch.cat([x, extra.to(x.dtype)], 0)
+    if isinstance(x, Mapping):
+        return {k: _extend(v, extra[k]) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_extend(v, e) for v, e in zip(x, extra))
+    return x
+
+
+class GuidedDenoiser:
+    """Installs the guidance on the denoiser of ``pipe`` for a ``with`` block (see module docstring).
+
+    ``interception`` must be active (entered) and hold :meth:`Guidance.handlers`; ``cfg`` says whether the
+    pipeline runs classifier-free guidance (``None``: read ``pipe.do_classifier_free_guidance`` at the first
+    denoiser call of the run). :attr:`batches` lists ``(step, rows run)`` per denoiser call.
+    """
+
+    def __init__(self, pipe, guidance: Guidance, interception: Interception, cfg: bool | None = None) -> None:
+        self.pipe, self.guidance, self.interception = pipe, guidance, interception
+        self.adapter = get_adapter(pipe)
+        self.denoiser = getattr(pipe, self.adapter.denoiser_attr)
+        self.cfg_given = cfg
+        params = list(inspect.signature(type(self.denoiser).forward).parameters)[1:]
+        self.position = {name: i for i, name in enumerate(params)}
+        self._handles: list = []
+
+    def __enter__(self) -> "GuidedDenoiser":
+        self.step, self.last_t, self.cfg, self.pending = -1, None, self.cfg_given, None
+        self.batches: list[tuple[int, int]] = []
+        try:
+            self._handles.append(self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True,
+                                                                         prepend=True))
+            self._handles.append(self.denoiser.register_forward_hook(self._after))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # argument access by name, keeping the call's positional / keyword style
+    def _get(self, args, kwargs, name):
+        i = self.position.get(name)
+        if i is not None and i < len(args):
+            return args[i]
+        return kwargs.get(name)
+
+    def _set(self, args, kwargs, name, value):
+        i = self.position.get(name)
+        if i is not None and i < len(args):
+            args[i] = value
+        elif name in kwargs:
+            kwargs[name] = value
+
+    def _before(self, module, args, kwargs):
+        sample = self._get(args, kwargs, self.adapter.sample_arg)
+        timestep = self._get(args, kwargs, self.adapter.timestep_arg)
+        t = float(torch.as_tensor(timestep).flatten()[0]) if timestep is not None else float(self.step + 1)
+        if self.last_t is None or t != self.last_t:  # the interception's step rule
+            self.step, self.last_t = self.step + 1, t
+        if self.cfg is None:
+            self.cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        batch = int(sample.shape[0])
+        if self.cfg and batch % 2:
+            raise RuntimeError(f"Guidance expected a CFG batch [uncond, cond] of even size; got {batch} rows.")
+        n = batch // 2 if self.cfg else batch
+        labels = ([("uncond", i) for i in range(n)] if self.cfg else []) + [("cond", i) for i in range(n)]
+        s = self.guidance.scale_at(self.step)
+        branches = self.guidance.extra_branches if s != 0.0 else ()
+        self.pending = (batch, n, s, branches)
+        self.batches.append((self.step, batch + n * len(branches)))
+        if not branches:
+            self.interception.label_next(labels)
+            return None
+        cond = torch.arange(batch - n, batch, device=sample.device)
+        index = cond.repeat(len(branches))
+        args, kwargs = list(args), dict(kwargs)
+        for name in (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS):
+            value = self._get(args, kwargs, name)
+            if value is None:
+                continue
+            extra = _take(value, index, batch)
+            if extra is not None:
+                self._set(args, kwargs, name, _extend(value, extra))
+        self.interception.label_next(labels + [(b, i) for b in branches for i in range(n)])
+        return tuple(args), kwargs
+
+    def _after(self, module, args, output):
+        batch, n, s, branches = self.pending
+        self.pending = None
+        if not branches:
+            return None
+        x = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        rows = {"cond": x[batch - n: batch]}
+        for k, b in enumerate(branches):
+            rows[b] = x[batch + k * n: batch + (k + 1) * n]
+        delta = s * (rows["pos" if "pos" in rows else "cond"] - rows["neg" if "neg" in rows else "cond"])
+        new = x[:batch] + delta.repeat(batch // n, *([1] * (delta.ndim - 1)))
+        if isinstance(output, tuple):
+            return (new, *output[1:])
+        if isinstance(output, torch.Tensor):
+            return new
+        return type(output)(**{**output, "sample": new})
+
+
+@contextmanager
+def guiding(pipe, guidance: Guidance, *, cfg: bool | None = None,
+            interception: Interception | None = None) -> Iterator[GuidedDenoiser]:
+    """Apply ``guidance`` to every call of ``pipe`` inside the block (any batch of prompts).
+
+    Without ``interception`` a new one holding only the guidance handlers is used. Everything is removed
+    on exit, also on errors.
+
+    >>> import ieadapt_interp as ia
+    >>> pipe = ia.tiny_pipeline()
+    >>> g = Guidance("A", "I", scale=1.0, layers="down_blocks.0.attentions.0.transformer_blocks.0.attn1")
+    >>> with guiding(pipe, g) as run:
+    ...     _ = pipe(["a red circle", "a blue square"], num_frames=2, height=16, width=16,
+    ...              num_inference_steps=1, output_type="np")
+    >>> run.batches                      # 2 prompts × (uncond, cond, neg)
+    [(0, 6)]
+    """
+    if not isinstance(guidance, Guidance):
+        raise IEAdaptTypeError(f"guidance= takes an ieadapt_interp.Guidance; got {type(guidance).__name__}.")
+    names = guidance.resolve(pipe)
+    own = interception is None
+    if own:
+        interception = Interception(pipe, guidance.handlers(names))
+        interception.__enter__()
+    try:
+        with GuidedDenoiser(pipe, guidance, interception, cfg=cfg) as run:
+            yield run
+    finally:
+        if own:
+            interception.__exit__(None, None, None)
+
+
+def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[float],
+          layers: LayerSpec | Registry | None = None, steps: tuple[int, int] | None = None,
+          text_rows: bool = False, **generation):
+    """:func:`~ieadapt_interp.generate` with ``Guidance(pos, neg, scale, layers, steps, text_rows)``.
+
+    >>> import ieadapt_interp as ia
+    >>> out = guide(ia.tiny_pipeline(), "a red circle", pos="U", neg="I", scale=2.0, layers="spatial",
+    ...             num_frames=2, height=16, width=16, num_inference_steps=1)
+    >>> out.video.shape
+    (2, 16, 16, 3)
+    """
+    from .tracing import generate
+
+    guidance = Guidance(pos, neg, scale if isinstance(scale, (int, float)) else tuple(scale), layers, steps, text_rows)
+    return generate(pipe, prompt, guidance=guidance, **generation)
+
+
+__all__ = ["BranchPerturbationHandler", "GuidedDenoiser", "Guidance", "PAIRS", "guide", "guiding", "linear_schedule",
+           "parse_term"]
