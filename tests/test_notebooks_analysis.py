@@ -7,6 +7,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from notebook_checks import check_figures_inline, check_findings_rows, check_table_in_range, default_model
 
 import ieadapt_interp as ia
 
@@ -46,7 +47,7 @@ def test_notebook_committed_clean_and_thin(key):
     assert {"model", "prompts", "num_frames", "num_inference_steps", "store", "out_dir"} <= {
         node.targets[0].id for node in params.body
     }
-    assert 'model = "default"' in code[0].source
+    assert default_model(code[0].source)  # the embedded model (model = None)
     for cell in code[1:]:  # no logic in cells: only imports, calls and assignments of call results
         for node in ast.walk(ast.parse(cell.source)):
             assert not isinstance(
@@ -108,6 +109,8 @@ def test_notebook_01_runs(tmp_path):
     ds = ia.open_sweep(tmp_path / "table.zarr")
     assert bool(ds["done"].all())
     assert ds.sizes["perturbation"] == 1 + 2 * 2 + 2 + 5  # baseline, 2 layers × {I, U}, all temporal × {I, U}, 5 λ
+    check_table_in_range(ds)
+    assert check_figures_inline(tmp_path / "01.ipynb")
 
 
 def test_notebook_02_runs(tmp_path):
@@ -128,3 +131,6 @@ def test_notebook_02_runs(tmp_path):
     assert set(checks["holds"]) <= {"yes", "no", "n/a"}
     ds = ia.open_sweep(tmp_path / "findings.zarr")  # the findings ran as an ia.sweep: a resumable store
     assert bool(ds["done"].all()) and "temporal.all:uniform" in ds.perturbation.values
+    check_findings_rows(checks)
+    check_table_in_range(ds)
+    assert check_figures_inline(tmp_path / "02.ipynb")
