@@ -257,6 +257,7 @@ def test_restored_after_exception_and_bit_identical(arch):
 
 
 def test_lightning_perturbs_without_an_unconditional_row():
+    """4 steps at guidance 1: an unperturbed and a perturbed sample in one batched forward per step, no uncond row."""
     pipe = tiny("animatediff-lightning")
     size, guidance, steps = CASES["animatediff-lightning"]
     assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
@@ -265,13 +266,13 @@ def test_lightning_perturbs_without_an_unconditional_row():
     calls = []
     hook = pipe.unet.register_forward_pre_hook(lambda m, a, k: calls.append(int(a[0].shape[0])), with_kwargs=True)
     try:
-        base = ia.generate(pipe, PROMPT, **kw).video
-        pert = ia.trace(pipe, PROMPT, perturb=ia.uniform("temporal"), layers="temporal", **kw)
+        run = ia.trace(pipe, PROMPT, variants=[None, ia.uniform("temporal")], layers="temporal", **kw)
     finally:
         hook.remove()
-    assert calls == [1] * 8  # one row per forward: no unconditional branch
-    assert pert.stats.branch.item() == "cond" and pert.stats.sizes["step"] == 4
-    assert not np.array_equal(base, pert.video)
+    assert calls == [2] * 4  # two samples per forward, no unconditional branch
+    assert run.stats.branch.item() == "cond" and run.stats.sizes["step"] == 4 and run.stats.sizes["sample"] == 2
+    assert np.isfinite(run.stats.entropy_pct).all()  # both samples recorded at every step
+    assert not np.array_equal(run.videos[0], run.videos[1])  # the perturbation acted on sample 1 only
     with pytest.raises(ValueError, match="guidance"):
         ia.trace(pipe, PROMPT, branch="uncond", **kw)
 
