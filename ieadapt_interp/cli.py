@@ -44,7 +44,7 @@ metrics: [ssim, temporal_ssim, dynamic_degree, motion_smoothness_flow, direction
 store: runs/toy_single_layer.zarr
 engine: local                  # local | ray
 batch_size: 4                  # perturbation variants per forward pass
-save_videos: false             # true: one mp4 (or GIF) per job under STORE/videos/
+save_videos: false             # true: one mp4 (or GIF) per job under STORE-files/videos/
 # ray: {address: auto, actors: 8}
 """
 

@@ -263,6 +263,35 @@ def test_missing_weights_recorded_not_raised(animatediff, tmp_path, monkeypatch)
     reasons = ds["missing_reason"].sel(metric="aesthetic_quality").values.ravel()
     assert all("sa_0_4_vit_l_14_linear.pth" in str(r) for r in reasons)
     assert all(str(r) == "" for r in ds["missing_reason"].sel(metric="temporal_ssim").values.ravel())
-    videos = sorted(p.name for p in (tmp_path / "s.zarr" / "videos").iterdir())
+    videos = sorted(p.name for p in (tmp_path / "s.zarr-files" / "videos").iterdir())  # beside the zarr group
     assert len(videos) == 2 and videos[0].startswith("p0000_s0000_k00000_baseline.")
     assert json.loads(ds.attrs["config"])["metrics"] == ["temporal_ssim", "aesthetic_quality"]
+
+
+def test_sweep_values_equal_direct_generate_and_compute_metrics(animatediff, tmp_path):
+    """One job of every perturbation kind (identity, uniform, mix, scale; one layer, a whole kind, λ) against
+    ``ia.generate`` + ``compute_metrics`` of the same settings, outside the sweep machinery."""
+    from ieadapt_interp.metrics import compute_metrics
+
+    table = ia.attention_layers(animatediff)
+    spatial = list(table.loc[table.kind == "spatial", "name"])
+    kinds = {
+        "identity one layer": ia.identity(spatial[0]),
+        "uniform all temporal": ia.uniform("temporal"),
+        "mix(0.25) one layer": ia.mix(0.25, spatial[-1]),
+        "scale(0.5) all spatial": ia.scale(0.5, "spatial"),
+    }
+    metrics = ["ssim", "temporal_ssim"]
+    ds = sweep(animatediff, PROMPTS, kinds, [1], metrics, store=tmp_path / "kinds.zarr", batch_size=1,
+               generation=GEN, progress=False)
+    assert list(ds["replacement"].values) == ["none", "identity", "uniform", "mix", "scale"]
+    baseline = ia.generate(animatediff, PROMPTS[0], seed=1, **GEN).video
+    np.testing.assert_array_equal(SweepStore(tmp_path / "kinds.zarr").baseline_video(0, 0), baseline)
+    for k, (name, perturbation) in enumerate(kinds.items(), start=1):
+        video = ia.generate(animatediff, PROMPTS[0], perturb=perturbation, seed=1, **GEN).video
+        direct = compute_metrics(metrics, video, reference=baseline, prompt=PROMPTS[0])
+        stored = ds["value"].isel(prompt=0, seed=0, perturbation=k)
+        for metric in metrics:
+            np.testing.assert_allclose(float(stored.sel(metric=metric)), direct[metric], rtol=1e-9, atol=1e-12,
+                                       err_msg=f"{name}: {metric}")
+        assert direct["ssim"] < 1.0  # every kind changed the video (so a no-op sweep would not pass)

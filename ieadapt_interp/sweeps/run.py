@@ -79,8 +79,10 @@ def sweep(
         compare with the baseline video of the same (prompt, seed). Learned metrics without local
         weights are stored as NaN with ``missing_reason``; the run continues.
     store
-        A folder (zarr v3 group). Re-running the same call resumes it: finished jobs are kept, the rest
-        computed. A store written by a different configuration raises before any work.
+        A folder (zarr v3 group; its non-array files go to the sibling ``STORE-files``). Re-running the same
+        call resumes it: finished jobs are kept, the rest computed. A store written by a different
+        configuration, or one that cannot be read (:class:`~ieadapt_interp.sweeps.store.StoreCorruptError`),
+        raises before any work and is left as it was.
     engine
         ``"local"`` (this process) or ``"ray"`` (``engine_options``: ``address``, ``actors``,
         ``max_in_flight``).
@@ -158,6 +160,9 @@ def sweep(
 
 def open_sweep(store: str | os.PathLike, *, load: bool = True) -> xr.Dataset:
     """Read a sweep store (finished or not) as an ``xr.Dataset``; ``done`` says which jobs are valid.
+
+    The store is checked first: a damaged one raises :class:`~ieadapt_interp.sweeps.store.StoreCorruptError`
+    naming the store and what to do.
 
     >>> ds = open_sweep("runs/sweep.zarr")                      # doctest: +SKIP
     >>> ds.value.where(ds.done).sel(metric="ssim").mean("seed")  # doctest: +SKIP
