@@ -190,11 +190,12 @@ class Registry:
     # -- figure -------------------------------------------------------------------------------------
     def plot(self, figsize: tuple[float, float] | None = None):
         """Bar chart of mean entropy % per layer, one panel per kind, ``l*`` of each kind marked. A Figure."""
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
         table = self.table()
         kinds = [k for k in SELF_ATTENTION if k in set(self.kinds)]
-        fig, axes = plt.subplots(1, len(kinds), figsize=figsize or (4.5 * len(kinds), 3.2), squeeze=False)
+        fig = Figure(figsize=figsize or (4.5 * len(kinds), 3.2))
+        axes = fig.subplots(1, len(kinds), squeeze=False)
         for ax, kind in zip(axes[0], kinds):
             part = table[table["kind"] == kind]
             best = self.best(kind)

@@ -430,6 +430,32 @@ def guiding(pipe, guidance: Guidance, *, cfg: bool | None = None,
             interception.__exit__(None, None, None)
 
 
+def guidance_grid(registry: Registry, pairs: Sequence[str] = ("PAG", "UA", "UI"),
+                  scales: Sequence[float] = (1.0, 3.0), layers: Sequence[str] = ("l*",), seed: int = 0,
+                  kind: str | None = None) -> dict[str, Guidance]:
+    """``{"UI|l*|s=2": Guidance, …}``: every pair × scale × layer choice, for a sweep.
+
+    Layer choices: ``"l*"`` (the registry's highest-entropy layer), ``"lowest"`` (its lowest-entropy layer),
+    ``"random"`` (a seeded draw among the others — a control). ``kind`` restricts the choices to one kind.
+
+    >>> from ieadapt_interp.methods.calibration import Registry, TOY_REGISTRY
+    >>> sorted(guidance_grid(Registry.load(TOY_REGISTRY), ["UI"], [2.0], ["l*", "random"]))
+    ['UI|l*|s=2', 'UI|random|s=2']
+    """
+    chosen = {"l*": registry.best(kind), "lowest": registry.lowest(1, kind)[0]}
+    chosen["random"] = registry.random_layer(seed, kind, exclude=[chosen["l*"], chosen["lowest"]])
+    unknown = [c for c in layers if c not in chosen]
+    if unknown:
+        raise IEAdaptValueError(f"Unknown layer choice(s) {unknown}; choose from {sorted(chosen)}.")
+    out = {}
+    for choice in layers:
+        for name in pairs:
+            for s in scales:
+                out[f"{name}|{choice}|s={float(s):g}"] = Guidance.pair(
+                    name, scale=float(s), layers=Layers(names=(chosen[choice],)), registry=registry.fingerprint)
+    return out
+
+
 def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[float],
           layers: LayerSpec | Registry | None = None, steps: tuple[int, int] | None = None,
           text_rows: bool = False, **generation):
@@ -447,5 +473,5 @@ def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[floa
     return generate(pipe, prompt, guidance=guidance, **generation)
 
 
-__all__ = ["BranchPerturbationHandler", "GuidedDenoiser", "Guidance", "PAIRS", "guide", "guiding", "linear_schedule",
+__all__ = ["BranchPerturbationHandler", "GuidedDenoiser", "Guidance", "PAIRS", "guidance_grid", "guide", "guiding", "linear_schedule",
            "parse_term"]
