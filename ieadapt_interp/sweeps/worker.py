@@ -202,7 +202,7 @@ class Worker:
 
         guidance = Guidance.from_dict(data)
         names = guidance.resolve(self.pipe)
-        rows = self.layer_table().set_index("name", drop=False).loc[names]
+        rows = self.attention_layers().set_index("name", drop=False).loc[names]
         return {
             "layer": ";".join(names),
             "kind": "+".join(dict.fromkeys(rows["kind"])),
