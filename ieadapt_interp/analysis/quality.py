@@ -22,6 +22,8 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
+from ..core.errors import IEAdaptValueError
+
 ORIGINAL = "original"
 _COLUMNS = ["prompt", "seed", "method", "metric", "value"]
 
@@ -32,7 +34,7 @@ def long_table(data: xr.Dataset | pd.DataFrame) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         missing = set(_COLUMNS) - set(data.columns)
         if missing:
-            raise ValueError(f"a quality table needs columns {_COLUMNS}; missing {sorted(missing)}.")
+            raise IEAdaptValueError(f"a quality table needs columns {_COLUMNS}; missing {sorted(missing)}.")
         return data[_COLUMNS].copy()
     value = data["value"].where(data["done"]) if "done" in data else data["value"]
     df = value.to_dataframe(name="value").reset_index()
@@ -75,7 +77,7 @@ def quality_table(
     for metric in metrics:
         part = df[df["metric"] == metric]
         if part.empty:
-            raise ValueError(f"metric {metric!r} is not in the data; present: {sorted(set(df['metric']))}.")
+            raise IEAdaptValueError(f"metric {metric!r} is not in the data; present: {sorted(set(df['metric']))}.")
         wide = part.pivot_table(index=["prompt", "seed"], columns="method", values="value", aggfunc="mean")
         wide = wide.reindex(columns=methods)
         values = wide.to_numpy(dtype=float).T  # [method, pair]
@@ -145,7 +147,7 @@ def guidance_curve(data: xr.Dataset | pd.DataFrame, metric: str, *, figsize: tup
             continue
         rows.append({"pair": pair, "choice": choice, "s": s, "value": part["value"].mean()})
     if not rows:
-        raise ValueError("no guidance rows named 'pair|choice|s=…' (build them with guidance_grid).")
+        raise IEAdaptValueError("no guidance rows named 'pair|choice|s=…' (build them with guidance_grid).")
     curve = pd.DataFrame(rows)
     choices = list(dict.fromkeys(curve["choice"]))
     fig = Figure(figsize=figsize or (4.0 * len(choices), 3.2))
