@@ -31,6 +31,8 @@ from .models.specs import resolve_model
 from .methods.attend_from import AttendFrom, AttendFromHandler
 from .methods.perturbation import Layers, Perturbation, PerturbationHandler, identity, mix, scale, uniform
 from .methods.tracing import Result, generate, trace
+from .methods.editing import Edit, EditResult, edit
+from .methods.inversion import Inversion, invert
 from .methods.calibration import Registry, calibrate
 from .methods.guidance import PAIRS, Guidance, guide, guiding, linear_schedule
 
@@ -58,3 +60,4 @@ __all__ = [
     "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform", "video",
 ]
 __all__ += ["Guidance", "PAIRS", "Registry", "calibrate", "guide", "guiding", "linear_schedule"]
+__all__ += ["Edit", "EditResult", "Inversion", "edit", "invert"]

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import attributes
 from . import clip
+from . import editing
 from . import motion
 from . import structure
 from . import vbench
@@ -156,6 +157,25 @@ def _entries() -> list[Metric]:
             "Gal et al. 2022 directional CLIP similarity (InstructPix2Pix/diffusers), CLIP ViT-L/14",
             (clip.CLIP_L14.repo_id,),
         ),
+        *[
+            Metric(
+                name,
+                fn,
+                ("video", "reference", "source_prompt", "target_prompt"),
+                better,
+                f"embedded toy model, editing: {what}; ieadapt_interp.metrics.editing",
+            )
+            for name, fn, better, what in (
+                ("edit_success", editing.edit_success, True,
+                 "every attribute the captions change is the target's (1) or not (0)"),
+                ("attributes_kept", editing.attributes_kept, True,
+                 "shared colour/shape/background measure as in the source video (1) or not (0)"),
+                ("trajectory_distance", editing.trajectory_distance, False,
+                 "mean centroid distance to the source video, px"),
+                ("edit_preservation", editing.edit_preservation, True,
+                 "attributes kept and centroid trajectory within 4 px (at 64 px) of the source (1) or not (0)"),
+            )
+        ],
     ]
 
 

@@ -9,6 +9,9 @@ Perturbation entries are *variants*: a tuple of :class:`~ieadapt_interp.Perturba
 one sample (a single-layer perturbation is a 1-tuple). Entry 0 of the ``perturbation`` axis is always the
 unperturbed ``baseline``. A :class:`~ieadapt_interp.Guidance` may stand where a perturbation does: its row
 is the same prompt and seed generated with that quality guidance (run on its own, not batched).
+An :class:`~ieadapt_interp.Edit` (method, ratio, step range, target prompt) may too: its row is the edit of the
+generated source (the baseline of the same prompt and seed) to the edit's target; the edit rows of one (prompt, seed)
+run in one batch with the source.
 
 >>> import ieadapt_interp as ia
 >>> cfg = SweepConfig.build(["a red circle"], {"t1:U": ia.uniform("temporal")}, seeds=[0, 1],
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..methods.guidance import Guidance
+from ..methods.editing import Edit
 from ..methods.perturbation import Perturbation
 from .models import ModelSpec, model_key
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
@@ -44,12 +48,16 @@ GENERATION_KEYS = (
     "scheduler",
 )
 
-PerturbationEntry = Perturbation | Guidance | Sequence[Perturbation]
+PerturbationEntry = Perturbation | Guidance | Edit | Sequence[Perturbation]
 PerturbationsArg = Sequence[PerturbationEntry] | Mapping[str, PerturbationEntry]
 
 
 def _as_variant(entry: PerturbationEntry, where: str) -> tuple[Perturbation, ...]:
     if isinstance(entry, Guidance):  # a guidance row (IE-Adapt / PAG) next to the perturbations
+        return (entry,)
+    if isinstance(entry, Edit):  # an edit row (IE-Adapt editing or a baseline) of the generated source
+        if entry.target is None:
+            raise IEAdaptValueError(f"{where}: an Edit in a sweep needs its target prompt, Edit(target=...).")
         return (entry,)
     items = (entry,) if isinstance(entry, Perturbation) else tuple(entry)
     if not items or not all(isinstance(p, Perturbation) for p in items):
@@ -63,8 +71,11 @@ def _as_variant(entry: PerturbationEntry, where: str) -> tuple[Perturbation, ...
     return items
 
 
-def _check_metrics(metrics: Sequence[str], prompts: Sequence[str] = ()) -> tuple[str, ...]:
-    """Known, sweep-able metrics; a metric that scores only some prompts (``check_prompt``) sees every prompt."""
+def _check_metrics(metrics: Sequence[str], prompts: Sequence[str] = (), targets: Sequence[str] = ()) -> tuple[str, ...]:
+    """Known, sweep-able metrics; a metric that scores only some prompts (``check_prompt``) sees every prompt.
+
+    ``targets``: the target prompts of the sweep's edit rows; with any, editing metrics (``source_prompt``,
+    ``target_prompt``) are allowed, and prompt-limited metrics see the targets too."""
     from ..metrics import get_metric
 
     if isinstance(metrics, str):
@@ -78,12 +89,14 @@ def _check_metrics(metrics: Sequence[str], prompts: Sequence[str] = ()) -> tuple
     for name in names:
         metric = get_metric(name)  # ValueError naming the closest valid metric
         unsupported = set(metric.needs) - {"video", "reference", "prompt"}
+        if targets:
+            unsupported -= {"source_prompt", "target_prompt"}
         if unsupported:
             raise IEAdaptValueError(
                 f"metric {name!r} needs {sorted(unsupported)}, which a perturbation sweep does not have "
                 "(it is an editing metric); drop it from metrics=."
             )
-        for prompt in prompts if metric.check_prompt else ():  # e.g. the toy attribute checks: toy captions
+        for prompt in (*prompts, *targets) if metric.check_prompt else ():  # e.g. the toy attribute checks
             metric.check_prompt(prompt)
     return names
 
@@ -160,7 +173,7 @@ class SweepConfig:
         if isinstance(perturbations, Mapping):
             names: tuple[str | None, ...] = tuple(str(k) for k in perturbations)
             entries = list(perturbations.values())
-        elif isinstance(perturbations, (Perturbation, Guidance)):
+        elif isinstance(perturbations, (Perturbation, Guidance, Edit)):
             names, entries = (None,), [perturbations]
         else:
             entries = list(perturbations)
@@ -174,7 +187,7 @@ class SweepConfig:
             _check_seeds(seeds),
             names,
             variants,
-            _check_metrics(metrics, prompts),
+            _check_metrics(metrics, prompts, tuple(v[0].target for v in variants if isinstance(v[0], Edit))),
             _check_generation(generation),
             model_key(model),
         )

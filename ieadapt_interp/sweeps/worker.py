@@ -99,6 +99,11 @@ def _lam(perts) -> float:
     return lams.pop() if len(lams) == 1 else math.nan
 
 
+def _is_edit(variant) -> bool:
+    """Whether a serialised variant is an :class:`~ieadapt_interp.Edit` row (``[{"edit": …}]``)."""
+    return len(variant) == 1 and isinstance(variant[0], Mapping) and "edit" in variant[0]
+
+
 def _is_guidance(variant) -> bool:
     """Whether a serialised variant is a :class:`~ieadapt_interp.Guidance` row (``[{"guidance": …}]``)."""
     return len(variant) == 1 and isinstance(variant[0], Mapping) and "guidance" in variant[0]
@@ -168,6 +173,7 @@ class Worker:
         self.check_metrics()
         variants = list(variants)
         guided = {i: self._describe_guidance(v[0]) for i, v in enumerate(variants) if _is_guidance(v)}
+        guided.update({i: self._describe_edit(v[0]) for i, v in enumerate(variants) if _is_edit(v)})
         variants = [() if i in guided else v for i, v in enumerate(variants)]
 
         table = self.attention_layers().set_index("name", drop=False)
@@ -195,6 +201,16 @@ class Worker:
                 }
             )
         return out
+
+    def _describe_edit(self, data: dict) -> dict:
+        """Coordinates of an edit row (fixed / overriding layers checked on the held pipeline)."""
+        from ..methods.editing import Edit, _check_layers
+
+        edit = Edit.from_dict(data)
+        _check_layers(self.pipe, edit)
+        names = list(edit.layers or ())
+        return {"layer": ";".join(names), "kind": "edit", "block": "", "index": -1, "n_layers": len(names),
+                "replacement": f"edit:{edit.method}", "lam": edit.ratio, "label": f"{edit.label} → {edit.target}"}
 
     def _describe_guidance(self, data: dict) -> dict:
         """Coordinates of a guidance row (its layers resolved on the held pipeline; bad input raises)."""
@@ -234,6 +250,8 @@ class Worker:
                 video,
                 reference=video,
                 prompt=self.prompts[0],
+                source_prompt=self.prompts[0],
+                target_prompt=self.prompts[0],
                 on_missing="nan",
                 reasons={},
                 device=self.device,
@@ -258,26 +276,39 @@ class Worker:
         else:
             from ..methods.guidance import Guidance
 
-            plain = [i for i, v in enumerate(task.variants) if not _is_guidance(v)]
+            plain = [i for i, v in enumerate(task.variants) if not _is_guidance(v) and not _is_edit(v)]
+            edited = [i for i, v in enumerate(task.variants) if _is_edit(v)]
             videos, stats = [None] * len(task.variants), None
             if plain:  # perturbation variants: one batched forward
                 specs = [[Perturbation.from_dict(d) for d in task.variants[i]] for i in plain]
                 for i, video in zip(plain, generate(self.pipe, task.prompt, variants=specs, **kwargs).videos):
                     videos[i] = video
+            if edited:  # edit rows: the generated source and every target in one batch
+                from ..methods.editing import Edit, edit_many
+
+                edits = [Edit.from_dict(task.variants[i][0]) for i in edited]
+                done = edit_many(self.pipe, task.seed, task.prompt, edits,
+                                 **{k: v for k, v in kwargs.items() if k not in ("seed", "branch")})
+                for i, result in zip(edited, done):
+                    videos[i] = result.video
             for i, variant in enumerate(task.variants):  # guidance rows: one run each
                 if _is_guidance(variant):
                     videos[i] = generate(self.pipe, task.prompt, guidance=Guidance.from_dict(variant[0]),
                                          **kwargs).video
         seconds = (time.perf_counter() - start) / len(task.perturbations)
         results = []
-        for k, video in zip(task.perturbations, videos):
+        for j, (k, video) in enumerate(zip(task.perturbations, videos)):
             reference = video if task.is_baseline else task.reference
+            # an edit row is scored against its target prompt (source_prompt: the sweep's prompt)
+            target = task.variants[j][0]["edit"]["target"] if _is_edit(task.variants[j]) else task.prompt
             reasons: dict[str, str] = {}
             values = compute_metrics(
                 self.metrics,
                 video,
                 reference=reference,
-                prompt=task.prompt,
+                prompt=target,
+                source_prompt=task.prompt,
+                target_prompt=target,
                 on_missing="nan",
                 reasons=reasons,
                 device=self.device,

@@ -1,0 +1,332 @@
+"""Benchmark and study of IE-Adapt video editing.
+
+``--bench``: inversion + edit against one plain generation — wall time (median of ``--reps``) and peak memory
+(GPU: ``torch.cuda.max_memory_allocated``; CPU: the measuring child process's peak RSS). Cases: the embedded model
+(``toy``, 16 frames 64×64, 25 steps, guidance 5) and, on a GPU, real-scale random weights with the configs of
+``bench_trace.py`` (``animatediff``: SD 1.5 UNet + motion adapter v1-5-3, fp16, 16 frames 512×512;
+``cogvideox``: CogVideoX-5B transformer, bf16, 49 frames 480×720), ``--steps`` denoising steps. The edit is
+IE-Adapt (r = 0.5) of a video: DDIM inversion with entropy capture, then the batched source+target run.
+
+``--study``: the honest result on the embedded model. Held-out captions are edited in colour, shape and background
+(``--pairs`` each); sources are generated (seed) or rendered clips (DDIM-inverted; every second one off its usual
+path). Every method runs as one batch per source (IE-Adapt at r = 0.25/0.5/0.65/0.75, all, fixed, MasaCtrl,
+value, P2P, none = the target prompt from the same initial latent), plus a plain generation of the target prompt
+(seed 0). Writes per-edit rows (CSV) and the summary tables (JSON).
+
+    python benchmarks/bench_edit.py --study --out study.json --pairs 20 --device cuda
+    python benchmarks/bench_edit.py --bench --out bench.json --cases toy animatediff cogvideox --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import ieadapt_interp as ia  # noqa: E402
+from ieadapt_interp.methods.editing import Edit, edit_many  # noqa: E402
+from ieadapt_interp.methods.inversion import invert  # noqa: E402
+
+TOY = dict(num_frames=16, height=64, width=64, num_inference_steps=25, guidance_scale=5.0)
+OFF_PATH_SHIFT = 14.0  # px across the motion (the dataset's jitter is at most 6 px)
+
+
+# -- sources ------------------------------------------------------------------------------------------------
+def render_clip(caption: str, seed: int, off_path: bool) -> np.ndarray:
+    """A toy-dataset clip of ``caption``; ``off_path`` shifts it 14 px across its motion."""
+    from ieadapt_interp.methods.sources import render_toy_clip
+
+    return render_toy_clip(caption, seed, OFF_PATH_SHIFT if off_path else 0.0)
+
+
+def edit_pairs(n: int) -> list[tuple[str, str, str]]:
+    """``n`` (attribute, source caption, target caption) per attribute, sources from the held-out captions."""
+    from ieadapt_interp.models.toy import dataset as d
+
+    held = [d.parse_caption(c) for c in d.heldout_captions()]
+    colours, shapes, backgrounds = list(d.COLOURS), list(d.SHAPES), list(d.BACKGROUNDS)
+    pairs = []
+    for attribute, values in (("colour", colours), ("shape", shapes), ("background", backgrounds)):
+        for i, c in enumerate(held[:n] if attribute == "colour" else held[n:2 * n] if attribute == "shape"
+                              else held[2 * n:3 * n] if len(held) >= 3 * n else held[-n:]):
+            old = getattr(c, attribute)
+            new = values[(values.index(old) + 1 + i % (len(values) - 1)) % len(values)]
+            target = d.make_caption(**{**c.__dict__, attribute: new})
+            pairs.append((attribute, c.caption, target))
+    return pairs
+
+
+def study_edits(pipe, target: str) -> list[Edit]:
+    names = ia.attention_layers(pipe)
+    decoder = [n for n, k in zip(names.name, names.kind) if k in ("spatial", "temporal") and n.startswith("up_blocks")]
+    return [Edit(target, "ieadapt", 0.25), Edit(target, "ieadapt", 0.5), Edit(target, "ieadapt", 0.65),
+            Edit(target, "ieadapt", 0.75), Edit(target, "all"), Edit(target, "fixed", layers=tuple(decoder)),
+            Edit(target, "masactrl"), Edit(target, "value"), Edit(target, "p2p"), Edit(target, "none")]
+
+
+def score(video, reference, source, target) -> dict:
+    from ieadapt_interp.metrics import compute_metrics
+
+    names = ["edit_success", "attributes_kept", "trajectory_distance", "edit_preservation", "ssim", "connectedness"]
+    return compute_metrics(names, video, reference=reference, prompt=target, source_prompt=source,
+                           target_prompt=target)
+
+
+def study_rows(args) -> list[dict]:
+    """Edit the pairs of shard ``args.shard`` of ``args.shards`` → one row per (pair, source kind, method)."""
+    pipe = ia.load_pipeline(device=args.device)
+    pairs = edit_pairs(args.pairs)
+    units = [(i, kind) for kind in args.kinds for i in range(len(pairs))
+             if not (kind == "generated" and i < args.generated_from)][args.shard::args.shards]
+    rows = []
+    start = time.perf_counter()
+    for i, kind in units:
+        attribute, source, target = pairs[i]
+        if time.perf_counter() - start > args.budget:
+            print(f"study: time budget reached, shard {args.shard} stops", flush=True)
+            break
+        edits = study_edits(pipe, target)
+        if True:
+            extra = {}
+            if kind == "generated":
+                off = False
+                results = edit_many(pipe, i, source, edits, **TOY)
+                reference = results[0].source_video
+                plain = results[-1].video  # "none": the target prompt from the same noise = a plain generation
+            else:
+                off = i % 2 == 1
+                clip = render_clip(source, i, off)
+                inv = invert(pipe, clip, source, num_inference_steps=TOY["num_inference_steps"], capture=True,
+                             num_frames=16, height=64, width=64)
+                extra = {"inversion_psnr": inv.psnr, "inversion_ssim": inv.ssim, "vae_psnr": inv.vae_psnr}
+                results = edit_many(pipe, clip, source, edits, inversion=inv, **TOY)
+                reference = clip
+                plain = ia.generate(pipe, target, seed=0, **TOY).video
+            labelled = [(r.edit.label if r.edit.method != "ieadapt" else f"ieadapt r={r.edit.ratio:g}", r.video)
+                        for r in results] + [("plain generation", plain)]
+            for method, video in labelled:
+                rows.append({"pair": i, "attribute": attribute, "source_kind": kind, "off_path": off,
+                             "source": source, "target": target, "method": method,
+                             **score(video, reference, source, target), **extra})
+        print(f"shard {args.shard}: pair {i} ({kind}) done at {time.perf_counter() - start:.0f}s", flush=True)
+    return rows
+
+
+def summarise(df) -> dict:
+    """Rates per method (rows) for every source group; ``df`` holds :func:`study_rows` rows."""
+    cols = ["edit_success", "edit_preservation", "attributes_kept", "trajectory_distance", "ssim"]
+    group = lambda frame: frame.groupby("method")[cols].mean().round(4).to_dict("index")  # noqa: E731
+    tables = {"all_sources": group(df)}
+    for kind in ("generated", "rendered"):
+        tables[kind] = group(df[df.source_kind == kind])
+    tables["rendered_off_path"] = group(df[(df.source_kind == "rendered") & df.off_path])
+    tables["rendered_on_path"] = group(df[(df.source_kind == "rendered") & ~df.off_path])
+    for attribute in ("colour", "shape", "background"):
+        for kind in ("generated", "rendered"):
+            tables[f"{kind}_{attribute}"] = group(df[(df.attribute == attribute) & (df.source_kind == kind)])
+    both = df.assign(both=((df.edit_success == 1) & (df.edit_preservation == 1)).astype(float))
+    tables["success_and_preserved"] = both.groupby(["method", "source_kind"]).both.mean().unstack().round(4) \
+        .to_dict("index")
+    rendered = df[(df.source_kind == "rendered")].drop_duplicates("pair")
+    inversion = {"n": int(len(rendered))}
+    if "inversion_psnr" in df and len(rendered):
+        inversion.update({k: float(rendered[k].median()) for k in ("inversion_psnr", "inversion_ssim", "vae_psnr")})
+        inversion["inversion_psnr_min"] = float(rendered.inversion_psnr.min())
+    counts = df.drop_duplicates(["pair", "source_kind"]).groupby(["source_kind", "attribute"]).size()
+    return {"pairs": {f"{k}/{a}": int(n) for (k, a), n in counts.items()}, "tables": tables, "inversion": inversion}
+
+
+# -- benchmark ----------------------------------------------------------------------------------------------
+def real_pipeline(name: str, device: str):
+    """Real-scale random-weight pipelines (bench_trace.py configs; tokenizers built offline, small text encoders)."""
+    from ieadapt_interp.models.pipelines import clip_tokenizer, t5_tokenizer
+
+    with torch.device(device):
+        if name == "animatediff":
+            from diffusers import (AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter,
+                                   UNet2DConditionModel, UNetMotionModel)
+            from transformers import CLIPTextConfig, CLIPTextModel
+
+            unet = UNet2DConditionModel(
+                sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                cross_attention_dim=768, attention_head_dim=8,
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+            adapter = MotionAdapter(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
+                                    motion_num_attention_heads=8, motion_norm_num_groups=32,
+                                    motion_max_seq_length=32, use_motion_mid_block=False)
+            vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4,
+                                down_block_types=("DownEncoderBlock2D",) * 4,
+                                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
+            text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                                num_hidden_layers=12, vocab_size=1000, max_position_embeddings=77))
+            pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(),
+                                       unet=UNetMotionModel.from_unet2d(unet, adapter), motion_adapter=adapter,
+                                       scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False,
+                                                               timestep_spacing="trailing"))
+            dtype, kw = torch.float16, dict(num_frames=16, height=512, width=512, guidance_scale=7.5)
+        else:
+            from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
+                                   CogVideoXTransformer3DModel)
+            from transformers import T5Config, T5EncoderModel
+
+            transformer = CogVideoXTransformer3DModel(
+                num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+                text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49,
+                patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,
+                use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False, norm_eps=1e-5,
+                activation_fn="gelu-approximate", timestep_activation_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+                attention_bias=True, spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0)
+            text = T5EncoderModel(T5Config(vocab_size=200, d_model=4096, d_ff=1024, d_kv=64, num_layers=1,
+                                           num_heads=8, decoder_start_token_id=0))
+            tok = t5_tokenizer(max_length=226)
+            pipe = CogVideoXPipeline(tokenizer=tok, text_encoder=text, vae=AutoencoderKLCogVideoX(),
+                                     transformer=transformer,
+                                     scheduler=CogVideoXDDIMScheduler(prediction_type="v_prediction",
+                                                                      rescale_betas_zero_snr=True,
+                                                                      timestep_spacing="trailing",
+                                                                      snr_shift_scale=1.0, clip_sample=False))
+            dtype, kw = torch.bfloat16, dict(num_frames=49, height=480, width=720, guidance_scale=6.0)
+    pipe = pipe.to(device, dtype)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, kw
+
+
+def _peak_reset(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB on Linux)
+
+
+def measure(case: str, device: str, steps: int, reps: int, which: str) -> dict:
+    """Time and peak memory of ``which`` ('plain' or 'edit') on ``case`` in this process."""
+    if case == "toy":
+        pipe, kw = ia.load_pipeline(device=device), dict(TOY)
+        kw.pop("num_inference_steps")
+        source_prompt = "a red circle moving right on a black background"
+        target_prompt = "a blue circle moving right on a black background"
+        video = render_clip(source_prompt, 0, True)
+    else:
+        pipe, kw = real_pipeline(case, device)
+        source_prompt, target_prompt = "a red car", "a blue car"
+        rng = np.random.default_rng(0)
+        video = rng.integers(0, 256, (kw["num_frames"], kw["height"], kw["width"], 3), dtype=np.uint8)
+    steps = 25 if case == "toy" else steps
+
+    def plain():
+        return ia.generate(pipe, target_prompt, num_inference_steps=steps, seed=0, **kw).video
+
+    def edit():
+        inv = invert(pipe, video, source_prompt, num_inference_steps=steps, capture=True, reconstruct=False,
+                     num_frames=kw["num_frames"], height=kw["height"], width=kw["width"])
+        return edit_many(pipe, video, source_prompt, [Edit(target_prompt)], inversion=inv,
+                         num_inference_steps=steps, **kw)[0].video
+
+    fn = plain if which == "plain" else edit
+    fn()  # warm-up (kernels, allocator)
+    _peak_reset(device)
+    times = []
+    for _ in range(reps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "peak_gib": _peak(device), "steps": steps}
+
+
+def bench(args) -> dict:
+    out = {}
+    for case in args.cases:
+        row = {}
+        for which in ("plain", "edit"):
+            if args.device == "cpu":  # a fresh process each: peak RSS is per process
+                cmd = [sys.executable, __file__, "--child", case, which, "--device", "cpu", "--reps", str(args.reps),
+                       "--steps", str(args.steps)]
+                res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                row[which] = json.loads(res.stdout.strip().splitlines()[-1])
+            else:
+                row[which] = measure(case, args.device, args.steps, args.reps, which)
+                torch.cuda.empty_cache()
+        row["time_ratio"] = row["edit"]["seconds"] / row["plain"]["seconds"]
+        row["memory_ratio"] = row["edit"]["peak_gib"] / row["plain"]["peak_gib"]
+        print(case, json.dumps(row), flush=True)
+        out[case] = row
+    out["device"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({os.cpu_count()} cores," \
+        f" {torch.get_num_threads()} threads)"
+    out["versions"] = ia.core.versions.versions_string() if hasattr(ia.core, "versions") else ""
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", action="store_true")
+    p.add_argument("--bench", action="store_true")
+    p.add_argument("--child", nargs=2, metavar=("CASE", "WHICH"))
+    p.add_argument("--cases", nargs="+", default=["toy"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps of the real-scale cases")
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--pairs", type=int, default=20)
+    p.add_argument("--budget", type=float, default=1e9, help="study: stop starting new pairs after this many s")
+    p.add_argument("--shard", type=int, default=0)
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--kinds", nargs="+", default=["generated", "rendered"], help="study: source kinds")
+    p.add_argument("--generated-from", type=int, default=0, help="study: generated sources from this pair index")
+    p.add_argument("--summarise", nargs="+", metavar="CSV", help="merge study CSVs into the tables")
+    p.add_argument("--out")
+    p.add_argument("--csv")
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child[0], args.device, args.steps, args.reps, args.child[1])))
+        return
+    result = {}
+    if args.study:
+        import pandas as pd
+
+        rows = pd.DataFrame(study_rows(args))
+        if args.csv:
+            rows.to_csv(args.csv, index=False)
+        result["study"] = summarise(rows)
+    if args.summarise:
+        import pandas as pd
+
+        rows = pd.concat([pd.read_csv(f) for f in args.summarise], ignore_index=True)
+        if args.csv:
+            rows.to_csv(args.csv, index=False)
+        result["study"] = {**summarise(rows), "settings": TOY}
+    if args.bench:
+        result["bench"] = bench(args)
+    result["date"] = time.strftime("%Y-%m-%d")
+    text = json.dumps(result, indent=1, default=str)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

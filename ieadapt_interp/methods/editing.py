@@ -1,0 +1,443 @@
+"""IE-Adapt video editing (paper Sec. 4.2, Alg. 1) and the baselines of its Table 3, under one API.
+
+The source and the target(s) are denoised together, as one batch: sample 0 is the source, samples 1…K the
+targets (one per :class:`Edit`). In each chosen layer a target attends with the source's tensors through
+:class:`~ieadapt_interp.methods.attend_from.AttendFrom` — no attention map is ever stored:
+
+=============  ========================================================  ======================================
+``method``     target computes, in its layers                            layers (default; ``layers=`` overrides)
+=============  ========================================================  ======================================
+``ieadapt``    ``A_src · V_tgt`` (source ``Q, K``)                       ``L_edit``: self-attention layers whose
+                                                                         mean entropy on the source is among
+                                                                         the lowest ``ratio`` fraction
+``all``        ``A_src · V_tgt``                                         every self-attention layer
+``fixed``      ``A_src · V_tgt``                                         a given list (TokenFlow-style)
+``masactrl``   ``softmax(Q_tgt K_srcᵀ) · V_src`` (source ``K, V``)       self-attention layers of the second
+                                                                         half (a U-Net's decoder; MasaCtrl)
+``value``      ``A_tgt · V_src`` (source ``V`` only)                     ``L_edit``
+``p2p``        ``A_src · V_tgt`` on cross-attention, conditional branch  every cross-attention layer
+               (Prompt-to-Prompt word swap; token counts must match)
+``none``       nothing: a plain generation of the target prompt from     —
+               the source's initial latent
+=============  ========================================================  ======================================
+
+Sources (:mod:`.sources`): a generated run (seed) — both rows start from its noise, and ``L_edit`` comes from
+a traced run of the source; or a real video — DDIM-inverted first (:func:`~.inversion.invert`, which also
+records the entropy), both rows start from ``z_T``, and after every step the source row's latent is overwritten
+with the inversion trajectory, so the source's ``Q, K`` are those of the inverted video exactly.
+
+Options: ``steps=(start, stop)`` limits the replacement to those denoising steps; ``mask`` (``[H, W]`` or
+``[frame, H, W]``, 1 = may change) blends the target's latent with the source's outside the mask after every
+step (background preservation, Supp. 8.3).
+
+>>> import ieadapt_interp as ia
+>>> pipe = ia.tiny_pipeline()
+>>> out = edit(pipe, 0, "a red circle", "a blue circle", num_frames=4, num_inference_steps=2,
+...            height=16, width=16)
+>>> out.video.shape, out.source_video.shape, list(out.layers.columns)
+((4, 16, 16, 3), (4, 16, 16, 3), ['layer', 'kind', 'entropy', 'chosen'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import xarray as xr
+
+from ..core.adapters import get_adapter, layer_records
+from ..core.errors import IEAdaptTypeError, IEAdaptValueError
+from ..core.interception import Interception
+from .attend_from import AttendFrom, AttendFromHandler
+from .inversion import Inversion, decode, denoise, encode_prompts, invert, self_attention_names, skipping
+from .sources import Source, as_source, check_size
+from .tracing import Result, _check_prompt, _noise, generate
+
+METHODS: tuple[str, ...] = ("ieadapt", "all", "fixed", "masactrl", "value", "p2p", "none")
+#: what each method copies from the source row (see the module table)
+WHAT = {"ieadapt": "qk", "all": "qk", "fixed": "qk", "masactrl": "kv", "value": "v", "p2p": "qk"}
+#: methods whose default layers come from the entropy selection L_edit
+SELECTING = ("ieadapt", "value")
+
+
+def check_ratio(ratio: float) -> float:
+    """``ratio`` as a float in (0, 1]; one clear error otherwise."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise IEAdaptTypeError(f"ratio must be a number in (0, 1]; got {ratio!r}.") from None
+    if not 0.0 < value <= 1.0:
+        raise IEAdaptValueError(f"ratio must lie in (0, 1] (the fraction of self-attention layers to edit, "
+                                f"0.5 in the paper); got {ratio}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit configuration: a target prompt and how the target attends to the source.
+
+    ``method`` (see the module table), ``ratio`` (the ``L_edit`` fraction), ``steps`` (``(start, stop)``
+    denoising steps of the replacement, stop exclusive; ``None`` = all), ``layers`` (layer names: required
+    for ``fixed``, an override otherwise). ``target`` may be left ``None`` where the caller supplies it.
+
+    >>> Edit("a blue circle", method="masactrl").label
+    'masactrl'
+    >>> Edit("a blue circle", ratio=0.25, steps=(0, 10)).label
+    'ieadapt r=0.25 steps=0-10'
+    """
+
+    target: str | None = None
+    method: str = "ieadapt"
+    ratio: float = 0.5
+    steps: tuple[int, int] | None = None
+    layers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise IEAdaptValueError(f"unknown edit method {self.method!r}; choose one of {list(METHODS)}.")
+        object.__setattr__(self, "ratio", check_ratio(self.ratio))
+        if self.steps is not None:
+            if len(tuple(self.steps)) != 2:
+                raise IEAdaptValueError(f"steps must be (start, stop); got {self.steps!r}.")
+            start, stop = (int(s) for s in self.steps)
+            if not 0 <= start < stop:
+                raise IEAdaptValueError(f"steps must be (start, stop) with 0 ≤ start < stop; got {self.steps}.")
+            object.__setattr__(self, "steps", (start, stop))
+        if self.layers is not None:
+            if isinstance(self.layers, str):
+                object.__setattr__(self, "layers", (self.layers,))
+            object.__setattr__(self, "layers", tuple(str(n) for n in self.layers))
+            if not self.layers:
+                raise IEAdaptValueError("layers= is empty: name at least one attention layer.")
+        if self.method == "fixed" and self.layers is None:
+            raise IEAdaptValueError("method='fixed' needs layers=[...] (attention layer names, see "
+                                    "ia.attention_layers(pipe)).")
+        if self.target is not None:
+            _check_prompt(self.target)
+
+    @property
+    def label(self) -> str:
+        """A short name: ``"ieadapt r=0.5"`` → ``"ieadapt"`` at the defaults."""
+        parts = [self.method]
+        if self.method in SELECTING and self.layers is None and self.ratio != 0.5:
+            parts.append(f"r={self.ratio:g}")
+        if self.steps is not None:
+            parts.append(f"steps={self.steps[0]}-{self.steps[1]}")
+        if self.layers is not None and self.method != "fixed":
+            parts.append(f"layers[{len(self.layers)}]")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (a sweep row); ``{"edit": {...}}`` marks it among perturbations."""
+        return {"edit": {"target": self.target, "method": self.method, "ratio": self.ratio,
+                         "steps": list(self.steps) if self.steps else None,
+                         "layers": list(self.layers) if self.layers else None}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Edit":
+        data = dict(data.get("edit", data))
+        if data.get("steps") is not None:
+            data["steps"] = tuple(data["steps"])
+        if data.get("layers") is not None:
+            data["layers"] = tuple(data["layers"])
+        return cls(**data)
+
+
+@dataclass
+class EditResult(Result):
+    """What :func:`edit` returns: ``.video`` (the edit), ``.source_video`` (the generated source, or for a real
+    video its VAE reconstruction — the source row is pinned to the inversion), ``.layers`` (the selection:
+    ``layer, kind, entropy, chosen``), ``.stats`` (the source's self-attention statistics, with ``stats=True``),
+    ``.inversion`` (for real videos: the :class:`~.inversion.Inversion`, its PSNR / SSIM)."""
+
+    source_video: np.ndarray | None = None
+    layers: pd.DataFrame | None = None
+    edit: Edit | None = None
+    source_prompt: str = ""
+    inversion: Inversion | None = field(default=None, repr=False)
+
+    @property
+    def target_prompt(self) -> str:
+        return self.edit.target if self.edit is not None else ""
+
+
+# -- layer selection --------------------------------------------------------------------------------------
+def selection_table(pipe, stats: xr.Dataset | None, ratio: float) -> pd.DataFrame:
+    """``L_edit`` with its reasons: one row per self-attention layer (forward order) — ``layer``, ``kind``,
+    ``entropy`` (mean % of the maximum over steps, heads and frames of the source run; NaN without stats)
+    and ``chosen`` (among the lowest ``ratio`` fraction, via ``ds.ieadapt.low_entropy_layers``)."""
+    ratio = check_ratio(ratio)
+    records = [r for r in layer_records(pipe) if r.name in set(self_attention_names(pipe))]
+    if stats is None:
+        entropy, chosen = {}, set()
+    else:
+        mean = stats.ieadapt.layer_entropy()
+        entropy = dict(zip(map(str, mean["layer"].values), map(float, mean.values)))
+        chosen = set(stats.ieadapt.low_entropy_layers(ratio))
+    return pd.DataFrame({"layer": [r.name for r in records], "kind": [r.kind for r in records],
+                         "entropy": [entropy.get(r.name, np.nan) for r in records],
+                         "chosen": [r.name in chosen for r in records]})
+
+
+def method_layers(pipe, edit: Edit, table: pd.DataFrame) -> pd.DataFrame:
+    """The layers ``edit`` acts on, as a table like :func:`selection_table` (``chosen`` marks them)."""
+    if edit.method == "p2p":
+        cross = [r for r in layer_records(pipe) if r.kind == "cross"]
+        if not cross:
+            raise IEAdaptValueError("method='p2p' replaces cross-attention maps; this model has none (its attention "
+                                    "is joint text+video). Use 'ieadapt', 'all', 'masactrl' or 'value'.")
+        names = set(edit.layers) if edit.layers else {r.name for r in cross}
+        return pd.DataFrame({"layer": [r.name for r in cross], "kind": "cross", "entropy": np.nan,
+                             "chosen": [r.name in names for r in cross]})
+    out = table.copy()
+    if edit.layers is not None:
+        out["chosen"] = out.layer.isin(edit.layers)
+    elif edit.method in SELECTING:
+        pass  # chosen by entropy: the caller's selection table already says which
+    elif edit.method == "all":
+        out["chosen"] = True
+    elif edit.method == "masactrl":
+        out["chosen"] = np.arange(len(out)) >= len(out) // 2
+    elif edit.method == "none":
+        out["chosen"] = False
+    return out
+
+
+def _check_layers(pipe, edit: Edit) -> None:
+    if edit.layers is None:
+        return
+    known = {r.name: r.kind for r in layer_records(pipe)}
+    unknown = [n for n in edit.layers if n not in known]
+    if unknown:
+        raise IEAdaptValueError(f"unknown attention layer(s) {unknown}; see ia.attention_layers(pipe).name.")
+    want = ("cross",) if edit.method == "p2p" else ("spatial", "temporal", "joint")
+    wrong = [n for n in edit.layers if known[n] not in want]
+    if wrong:
+        raise IEAdaptValueError(f"method {edit.method!r} acts on {'/'.join(want)} attention; {wrong} are not.")
+
+
+def check_alignment(pipe, source_prompt: str, target_prompt: str) -> None:
+    """Prompt-to-Prompt's word swap maps token ``i`` to token ``i``: the prompts must have as many tokens."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return
+    a, b = (len(tokenizer(p, truncation=True).input_ids) for p in (source_prompt, target_prompt))
+    if a != b:
+        raise IEAdaptValueError(
+            f"method='p2p' (Prompt-to-Prompt) swaps cross-attention maps token by token, but the source prompt has "
+            f"{a} tokens and the target {b}: {source_prompt!r} → {target_prompt!r}. Change words one for one "
+            "(e.g. 'red' → 'blue'), or use method='ieadapt'.")
+
+
+def _check_steps(edits: Sequence[Edit], steps: int) -> None:
+    for e in edits:
+        if e.steps is not None and e.steps[1] > steps:
+            raise IEAdaptValueError(f"steps={e.steps} reaches past the {steps} denoising steps of this run.")
+
+
+def _mask_latent(pipe, mask, num_frames: int, height: int, width: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """Pixel mask → ``[1, *latent_shape]``-broadcastable float mask (1 = the edit may change it)."""
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
+    if m.ndim == 2:
+        m = m[None].expand(num_frames, -1, -1)
+    if m.ndim != 3 or m.shape[0] != num_frames:
+        raise IEAdaptValueError(f"mask must be [H, W] or [frame, H, W] with {num_frames} frames; got {tuple(m.shape)}.")
+    if m.min() < 0 or m.max() > 1:
+        raise IEAdaptValueError("mask values must lie in [0, 1] (1 = the edit may change the pixel).")
+    adapter = get_adapter(pipe)
+    f_axis = adapter.frame_axis
+    c_axis = 1 if f_axis == 2 else 2
+    size = (latent_shape[f_axis - 1], latent_shape[-2], latent_shape[-1])
+    small = F.interpolate(m[None, None], size=size, mode="area")[0, 0]  # [f', h, w]
+    small = small.unsqueeze(c_axis - 1)  # channel axis of one sample
+    return small[None]
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+def _prepare(pipe, source, source_prompt, edits, num_frames, height, width, steps):
+    _check_prompt(source_prompt)
+    if not edits:
+        raise IEAdaptValueError("give at least one edit.")
+    for e in edits:
+        if e.target is None:
+            raise IEAdaptValueError("each Edit needs its target prompt (Edit(target=...)).")
+        _check_layers(pipe, e)
+        if e.method == "p2p":
+            method_layers(pipe, e, pd.DataFrame(columns=["layer", "kind", "entropy", "chosen"]))
+            check_alignment(pipe, source_prompt, e.target)
+    adapter = get_adapter(pipe)
+    height = height or adapter.default_size(pipe)[0]
+    width = width or adapter.default_size(pipe)[1]
+    src, num_frames = as_source(source, num_frames=num_frames, height=height, width=width)
+    check_size(pipe, height, width, num_frames)
+    if int(steps) < 1:
+        raise IEAdaptValueError(f"num_inference_steps must be ≥ 1; got {steps}.")
+    _check_steps(edits, int(steps))
+    return src, num_frames, height, width
+
+
+@torch.no_grad()
+def edit_many(
+    pipe,
+    source,
+    source_prompt: str,
+    edits: Sequence[Edit],
+    *,
+    num_frames: int | None = None,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str = "",
+    mask=None,
+    inversion: Inversion | None = None,
+    inversion_guidance: float = 1.0,
+    stats: bool = False,
+    progress: bool = False,
+) -> list[EditResult]:
+    """Several edits of one source in **one** batched run (sample 0 = the source, then one row per edit).
+
+    Same arguments as :func:`edit`; ``edits`` are :class:`Edit` objects with their targets. ``inversion``
+    reuses an earlier :func:`~.inversion.invert` of the same video (with ``capture=True``).
+    Returns one :class:`EditResult` per edit, sharing the source video.
+    """
+    edits = list(edits)
+    src, num_frames, height, width = _prepare(pipe, source, source_prompt, edits, num_frames, height, width,
+                                              num_inference_steps)
+    steps = int(num_inference_steps)
+    adapter = get_adapter(pipe)
+    latent_shape = adapter.latent_shape(pipe, num_frames, height, width)
+    mask_latent = None if mask is None else _mask_latent(pipe, mask, num_frames, height, width, latent_shape)
+    needs_stats = stats or any(e.method in SELECTING and e.layers is None for e in edits)
+
+    # 1. the source: its entropy (L_edit) and its initial latent
+    source_stats, trajectory, skip = None, None, 0
+    if src.kind == "generated":
+        if needs_stats:
+            source_stats = generate(pipe, source_prompt, num_frames=num_frames, num_inference_steps=steps,
+                                    guidance_scale=guidance_scale, seed=src.seed, height=height, width=width,
+                                    negative_prompt=negative_prompt, capture=self_attention_names(pipe)).stats
+    else:
+        if inversion is None or (needs_stats and inversion.stats is None):
+            inversion = invert(pipe, src.video, source_prompt, num_inference_steps=steps,
+                               guidance_scale=inversion_guidance, num_frames=num_frames, height=height, width=width,
+                               reconstruct=False, capture=needs_stats, progress=progress)
+        elif inversion.num_inference_steps != steps:
+            raise IEAdaptValueError(f"the given inversion has {inversion.num_inference_steps} steps; this edit uses "
+                                    f"{steps}.")
+        source_stats = inversion.stats
+        trajectory = inversion.latents
+        skip = inversion.skip
+    table = selection_table(pipe, source_stats, 0.5)
+
+    # 2. the attention specs, one per target row
+    specs, tables = [], []
+    for k, e in enumerate(edits, start=1):
+        t = table.copy()
+        if e.method in SELECTING and e.layers is None:
+            t["chosen"] = t.layer.isin(source_stats.ieadapt.low_entropy_layers(e.ratio))
+        else:
+            t = method_layers(pipe, e, t)
+        tables.append(t.reset_index(drop=True))
+        chosen = frozenset(t.layer[t.chosen])
+        if e.method != "none" and chosen:
+            specs.append(AttendFrom(chosen, source=0, target=k, steps=e.steps, what=WHAT[e.method],
+                                    branches=("cond",) if e.method == "p2p" else None))
+
+    # 3. one batched run
+    cfg = guidance_scale > 1.0
+    prompts = [source_prompt, *[e.target for e in edits]]
+    cond, uncond = encode_prompts(pipe, prompts, cfg, negative_prompt)
+    n = len(prompts)
+    device, dtype = pipe._execution_device, cond.dtype
+    if trajectory is None:
+        start = _noise(pipe, src.seed, num_frames, height, width, dtype)
+    else:
+        start = trajectory[-1].to(device, dtype)
+    latents = start.repeat(n, *([1] * (start.ndim - 1)))
+    if mask_latent is not None:
+        mask_latent = mask_latent.to(device, dtype)
+
+    def on_step(pipeline, i, t, kwargs):
+        z = kwargs["latents"]
+        if trajectory is None and mask_latent is None:
+            return {}
+        z = z.clone()
+        if trajectory is not None:
+            z[0] = trajectory[len(trajectory) - 2 - i][0].to(z.device, z.dtype)
+        if mask_latent is not None:
+            z[1:] = mask_latent * z[1:] + (1 - mask_latent) * z[:1]
+        return {"latents": z}
+
+    handlers = [AttendFromHandler(specs, name="edit")] if specs else []
+    interception = Interception(pipe, handlers, embeddings={"cond": cond, **({"uncond": uncond} if cfg else {})})
+    forward = pipe.scheduler
+    try:
+        pipe.scheduler = skipping(forward, skip)  # a real video's edit starts where its inversion stopped
+        with interception:
+            out = denoise(pipe, cond, uncond, latents, num_frames=num_frames, height=height, width=width,
+                          num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
+                          callback=on_step, progress=progress)
+    finally:
+        pipe.scheduler = forward
+    final = out.frames  # latents; decoded one sample at a time (the VAE's peak memory of one video)
+    videos = np.stack([decode(pipe, final[k:k + 1])[0] for k in range(n)])
+    return [EditResult(videos=np.stack([videos[k], videos[0]]), stats=source_stats if stats else None,
+                       source_video=videos[0], layers=tables[k - 1], edit=e, source_prompt=source_prompt,
+                       inversion=inversion)
+            for k, e in enumerate(edits, start=1)]
+
+
+def edit(
+    pipe,
+    source,
+    source_prompt: str,
+    target_prompt: str,
+    *,
+    ratio: float = 0.5,
+    method: str = "ieadapt",
+    steps: tuple[int, int] | None = None,
+    mask=None,
+    layers: Sequence[str] | None = None,
+    stats: bool = False,
+    **generation,
+) -> EditResult:
+    """Edit ``source`` from ``source_prompt`` to ``target_prompt``, keeping its structure (IE-Adapt by default).
+
+    Parameters
+    ----------
+    source
+        A seed (the source prompt generated with it), a traced :class:`~ieadapt_interp.Result`, a uint8 video
+        ``[frame, H, W, 3]`` or a video file / frame folder (DDIM-inverted first; see :mod:`.sources`).
+    ratio
+        ``r`` in (0, 1]: the fraction of self-attention layers (lowest mean entropy on the source) whose map the
+        target takes from the source (``L_edit``; 0.5 in the paper).
+    method
+        ``"ieadapt"`` (default), ``"all"``, ``"fixed"`` (with ``layers=``), ``"masactrl"``, ``"value"``,
+        ``"p2p"`` or ``"none"`` — see the module table.
+    steps
+        ``(start, stop)``: the denoising steps in which attention is shared (default: all).
+    mask
+        ``[H, W]`` or ``[frame, H, W]`` in [0, 1], 1 where the edit may change the video; elsewhere the target's
+        latent follows the source's (background preservation).
+    stats
+        Attach the source's self-attention statistics (``.stats``; the entropy ``L_edit`` came from).
+    generation
+        ``num_frames``, ``num_inference_steps`` (25), ``guidance_scale`` (7.5), ``height``, ``width``, ``negative_prompt``, ``inversion_guidance`` (1.0),
+        ``inversion`` (reuse an :class:`~.inversion.Inversion`), ``progress``.
+
+    Returns an :class:`EditResult`. Bad input raises one clear error before any work; the pipeline is left as
+    it was (no hook, same scheduler), also on errors.
+    """
+    _check_prompt(target_prompt)
+    one = Edit(target_prompt, method=method, ratio=ratio, steps=steps,
+               layers=tuple(layers) if layers is not None else None)
+    return edit_many(pipe, source, source_prompt, [one], mask=mask, stats=stats, **generation)[0]
+
+
+__all__ = ["METHODS", "Edit", "EditResult", "check_alignment", "check_ratio", "edit", "edit_many", "method_layers",
+           "selection_table"]
