@@ -199,3 +199,17 @@ def test_guide_convenience_equals_generate(animatediff):
     a = ia.guide(animatediff, "a red circle", pos="U", neg="I", scale=2.0, layers=SPATIAL, **KW)
     b = ia.generate(animatediff, "a red circle", guidance=g, **KW)
     assert np.array_equal(a.videos, b.videos)
+
+
+def test_guidance_rows_in_a_sweep(animatediff, tmp_path):
+    from ieadapt_interp.metrics import compute_metrics
+
+    g = Guidance("U", "I", scale=2.0, layers=SPATIAL)
+    ds = ia.sweep(animatediff, ["a red circle"], {"UI": g, "U": ia.uniform(SPATIAL)}, metrics=["temporal_ssim"],
+                  store=tmp_path / "s.zarr", generation=KW, progress=False)
+    assert bool(ds["done"].all())
+    row = ds.sel(perturbation="UI")
+    assert str(row["replacement"].values) == "guidance" and str(row["label"].values) == "(U,I) s=2"
+    video = ia.generate(animatediff, "a red circle", guidance=g, **KW).video
+    expected = compute_metrics(["temporal_ssim"], video, on_missing="nan")["temporal_ssim"]
+    assert float(row["value"].sel(metric="temporal_ssim").squeeze()) == pytest.approx(expected, rel=1e-6)

@@ -53,6 +53,7 @@ def quality_table(
     data: xr.Dataset | pd.DataFrame,
     metrics: Sequence[str] | None = None,
     *,
+    methods: Sequence[str] | None = None,
     lower_is_better: Sequence[str] = (),
     n_boot: int = 2000,
     ci: float = 0.95,
@@ -64,9 +65,15 @@ def quality_table(
 
     ``data``: a sweep Dataset (:func:`ieadapt_interp.sweep`) or a long DataFrame (:func:`long_table`).
     Intervals: percentile bootstrap over the (prompt, seed) pairs, ``n_boot`` resamples (the same resamples
-    for every method, so the deltas are paired). ``lower_is_better``: metrics where smaller wins the rank.
+    for every method, so the deltas are paired). ``methods``: the rows to keep (``original`` always stays).
+    ``lower_is_better``: metrics where smaller wins the rank.
     """
     df = long_table(data)
+    if methods is not None:
+        unknown = sorted(set(methods) - set(df["method"]))
+        if unknown:
+            raise IEAdaptValueError(f"methods {unknown} are not in the data; present: {sorted(set(df['method']))}.")
+        df = df[df["method"].isin({*methods, ORIGINAL})]
     metrics = list(metrics) if metrics is not None else list(dict.fromkeys(df["metric"]))
     methods = list(dict.fromkeys(df["method"]))
     if ORIGINAL in methods:

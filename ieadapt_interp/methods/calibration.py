@@ -165,9 +165,9 @@ class Registry:
                    dict(data.get("settings", {})), data.get("versions", ""))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write JSON to ``path`` (a folder gets ``registry.json``); returns the file path."""
+        """Write JSON to ``path`` (a folder, or a name without suffix, gets ``registry.json``); returns the file."""
         path = Path(path)
-        if path.is_dir():
+        if path.is_dir() or not path.suffix:  # a folder (made if needed) gets registry.json
             path = path / "registry.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
@@ -177,7 +177,7 @@ class Registry:
     def load(cls, path: str | os.PathLike) -> "Registry":
         """Read a registry written by :meth:`save` (a file, or a folder holding ``registry.json``)."""
         path = Path(path)
-        if path.is_dir():
+        if path.is_dir() or not path.suffix:
             path = path / "registry.json"
         if not path.is_file():
             raise IEAdaptFileNotFoundError(f"No registry at {path}; create one with ia.calibrate(pipe, prompts)"

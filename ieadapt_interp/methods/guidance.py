@@ -456,6 +456,25 @@ def guidance_grid(registry: Registry, pairs: Sequence[str] = ("PAG", "UA", "UI")
     return out
 
 
+def guided_videos(pipe, prompt: str, guidances: Mapping[str, Guidance], **generation):
+    """``(videos uint8 [1 + len(guidances), frame, H, W, 3], labels)``: CFG only, then each guidance, same noise.
+
+    >>> import ieadapt_interp as ia
+    >>> videos, labels = guided_videos(ia.tiny_pipeline(), "a red circle",
+    ...     {"(U,I)": Guidance("U", "I", scale=2.0, layers="spatial")}, num_frames=2, height=16, width=16,
+    ...     num_inference_steps=1)
+    >>> videos.shape, labels
+    ((2, 2, 16, 16, 3), ['CFG only', '(U,I)'])
+    """
+    import numpy as np
+
+    from .tracing import generate
+
+    videos = [generate(pipe, prompt, **generation).video]
+    videos += [generate(pipe, prompt, guidance=g, **generation).video for g in guidances.values()]
+    return np.stack(videos), ["CFG only", *guidances]
+
+
 def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[float],
           layers: LayerSpec | Registry | None = None, steps: tuple[int, int] | None = None,
           text_rows: bool = False, **generation):
@@ -473,5 +492,5 @@ def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[floa
     return generate(pipe, prompt, guidance=guidance, **generation)
 
 
-__all__ = ["BranchPerturbationHandler", "GuidedDenoiser", "Guidance", "PAIRS", "guidance_grid", "guide", "guiding", "linear_schedule",
+__all__ = ["BranchPerturbationHandler", "GuidedDenoiser", "Guidance", "PAIRS", "guidance_grid", "guide", "guided_videos", "guiding", "linear_schedule",
            "parse_term"]
