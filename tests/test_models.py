@@ -111,6 +111,7 @@ def test_layer_names_say_which_expert():
     assert df.name.tolist()[:2] == ["transformer.blocks.0.attn1", "transformer.blocks.0.attn2"]
     assert df.name.tolist()[4] == "transformer_2.blocks.0.attn1" and df.block.tolist()[4] == "transformer_2.depth.0"
     assert ia.attention_layers(tiny("wan")).name.tolist()[0] == "blocks.0.attn1"  # one expert: plain paths
+    assert type(ia.load_pipeline("tiny:wan2.2").transformer_2).__name__ == "WanTransformer3DModel"  # the spec
 
 
 def _reference(pipe, arch):
