@@ -213,3 +213,38 @@ def test_guidance_rows_in_a_sweep(animatediff, tmp_path):
     video = ia.generate(animatediff, "a red circle", guidance=g, **KW).video
     expected = compute_metrics(["temporal_ssim"], video, on_missing="nan")["temporal_ssim"]
     assert float(row["value"].sel(metric="temporal_ssim").squeeze()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cogvideox_combination_equals_diffusers_pag_guider(cogvideox):
+    """diffusers 0.42.1's PerturbedAttentionGuidance guider is used by none of the AnimateDiff / CogVideoX pipelines,
+    and its layer skip (``apply_layer_skip``) refuses CogVideoX's processor (``CogVideoXAttnProcessor2_0`` is not
+    registered). What it does cover is the combination: its ``forward(pred_cond, pred_uncond, pred_cond_skip)`` on
+    ε_A, ε_∅ and ε_I (every row of the layer ← I, as diffusers' skip would; ours with ``text_rows=True``) must equal
+    the pipeline's CFG line on our folded rows."""
+    from diffusers import PerturbedAttentionGuidance
+
+    pipe, w, s, layer = cogvideox, 6.0, 2.5, "transformer_blocks.0.attn1"
+    model = pipe.transformer
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, a, k: seen.append(dict(k)), with_kwargs=True)
+    try:
+        pipe(prompt="a red circle", num_frames=9, height=32, width=32, num_inference_steps=1, guidance_scale=w,
+             output_type="latent", generator=torch.Generator().manual_seed(0), **get_adapter(pipe).call_defaults(pipe))
+    finally:
+        handle.remove()
+    kw = {**seen[0], "return_dict": False}
+    with torch.no_grad():
+        plain = model(**kw)[0]
+        with Interception(pipe, [PerturbationHandler(ia.identity(layer))]):
+            skip = model(**kw)[0][1:]
+        guider = PerturbedAttentionGuidance(guidance_scale=w, perturbed_guidance_scale=s, perturbed_guidance_layers=[0],
+                                            perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0)
+        guider.set_state(step=5, num_inference_steps=10, timestep=kw["timestep"])
+        reference = guider.forward(plain[1:], plain[:1], skip).pred
+        g = Guidance("A", "I", scale=s, layers=layer, text_rows=True)
+        with Interception(pipe, g.handlers(g.resolve(pipe))) as ic, GuidedDenoiser(pipe, g, ic, cfg=True) as run:
+            out = model(**kw)[0]
+    assert run.batches == [(0, 3)]
+    assert (reference - (plain[:1] + w * (plain[1:] - plain[:1]))).abs().max() > 1e-3  # guidance matters
+    torch.testing.assert_close(out[:1] + w * (out[1:] - out[:1]), reference, rtol=1e-4, atol=1e-5)
+    assert not has_leftovers(pipe)
