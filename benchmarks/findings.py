@@ -1,12 +1,12 @@
-"""Findings check (issue 4, DESIGN.md §2) on a model, appended to benchmarks/RESULTS.md.
+"""Findings check (the paper's §3.2–3.5 claims, issues 4 and 13) on a model, appended to benchmarks/RESULTS.md.
 
-Perturbs the selected layers one at a time (and all temporal layers at once) with I and U over a few prompts
-and seeds, traces one prompt for entropy / energy, tests each finding with
-``ieadapt_interp.analysis.findings.check_findings`` and appends the table, with date, machine, versions and settings,
-under ``## Findings check (issue 4)``.
+Perturbs spatial and temporal layers one at a time (and all temporal layers at once, and along λ) with I and U over
+prompts × seeds, reads every baseline run's per-map entropy / energy statistics, tests each registered finding
+(``ieadapt_interp.analysis.findings.FINDINGS``) with bootstrap intervals over the (prompt, seed) pairs and appends the
+table, with date, machine, versions and settings, under ``## Findings check (issue 4)``.
 
-    python benchmarks/findings.py                         # the embedded toy model, its default sampling
-    python benchmarks/findings.py --prompts 2 --steps 10  # quicker
+    python benchmarks/findings.py --prompts 8 --seeds 42 43   # the embedded toy model, its default sampling
+    python benchmarks/findings.py --prompts 2 --steps 10      # quicker
     python benchmarks/findings.py --model tiny-animatediff --frames 4 --size 16 --steps 2 --results /tmp/R.md
 """
 
@@ -50,9 +50,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--kinds",
         nargs="+",
-        default=["spatial"],
-        help="layer kinds perturbed one layer at a time (all temporal layers are also perturbed at once)",
+        default=["spatial", "temporal", "joint"],
+        help="layer kinds perturbed one layer at a time, among those the model has (all temporal layers are also "
+        "perturbed at once)",
     )
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help="default: findings.FINDINGS_METRICS (+ connectedness, the quality stand-in for 3e, on "
+                        "the embedded model)")
+    parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--layers", nargs="+", default=None, help="restrict to these layer names")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -82,6 +87,7 @@ def main(argv=None) -> int:
             return 2
         sampling = dict(DEFAULT_SAMPLING)
         prompts = heldout_captions()[: args.prompts]
+        metrics = (*findings.FINDINGS_METRICS, "connectedness")
     else:
         sampling = {
             "num_frames": 16,
@@ -91,6 +97,8 @@ def main(argv=None) -> int:
             "guidance_scale": 5.0,
         }
         prompts = DEFAULT_PROMPTS[: args.prompts]
+        metrics = findings.FINDINGS_METRICS
+    metrics = tuple(args.metrics or metrics)
     overrides = {
         "num_frames": args.frames,
         "num_inference_steps": args.steps,
@@ -112,7 +120,9 @@ def main(argv=None) -> int:
         seeds=args.seeds,
         kinds=args.kinds,
         layers=args.layers,
+        metrics=metrics,
         batch_size=args.batch,
+        n_boot=args.n_boot,
         **sampling,
     )
     seconds = time.perf_counter() - start
@@ -123,6 +133,7 @@ def main(argv=None) -> int:
         seeds=args.seeds,
         kinds=" ".join(args.kinds),
         layers=" ".join(args.layers) if args.layers else "all of those kinds",
+        metrics=" ".join(metrics),
         device=device,
         sampling=sampling,
         videos=int(table.sizes["perturbation"] * len(prompts) * len(args.seeds)),

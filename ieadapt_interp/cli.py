@@ -40,7 +40,7 @@ perturbations:
   - name: last-spatial-U       # one hand-written perturbation
     layers: {kinds: [spatial], indices: [-1]}   # -1: the last layer of that kind
     replacement: uniform
-metrics: [ssim, temporal_ssim, dynamic_degree, motion_smoothness_flow, direction_match]
+metrics: [ssim, temporal_ssim, flow_magnitude, motion_smoothness_flow, direction_match]
 store: runs/toy_single_layer.zarr
 engine: local                  # local | ray
 batch_size: 4                  # perturbation variants per forward pass

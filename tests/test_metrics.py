@@ -11,13 +11,15 @@ import pytest
 from ieadapt_interp.metrics import (
     METRICS,
     compute_metrics,
-    dynamic_degree,
+    flow_magnitude,
     get_metric,
+    motion,
     motion_smoothness_flow,
     ssim,
+    subject_consistency_hist,
     temporal_ssim,
 )
-from ieadapt_interp.metrics.motion import interpolate_midpoint
+from ieadapt_interp.metrics.motion import colour_descriptor, interpolate_midpoint
 from ieadapt_interp.metrics.registry import INPUTS
 
 
@@ -50,12 +52,44 @@ def test_temporal_ssim_static_is_one():
     assert temporal_ssim(translating(3)) < 0.99
 
 
-def test_dynamic_degree_static_is_zero_and_translation_gives_its_shift():
-    assert dynamic_degree(static()) == 0.0
+def test_flow_magnitude_static_is_zero_and_translation_gives_its_shift():
+    assert flow_magnitude(static()) == 0.0
     video = translating(2)
     assert np.abs(video[1:].astype(int) - video[:-1]).mean() > 1  # really moving
-    assert dynamic_degree(video) == pytest.approx(2.0, rel=0.1)
-    assert dynamic_degree(translating(4)) == pytest.approx(4.0, rel=0.1)
+    assert flow_magnitude(video) == pytest.approx(2.0, rel=0.1)
+    assert flow_magnitude(translating(4)) == pytest.approx(4.0, rel=0.1)
+
+
+def test_old_dynamic_degree_function_warns_and_returns_flow_magnitude():
+    video = translating(2)
+    with pytest.warns(FutureWarning, match="renamed flow_magnitude"):
+        assert motion.dynamic_degree(video) == flow_magnitude(video)
+    with pytest.warns(FutureWarning, match="VBench's binary RAFT score"):
+        assert get_metric("dynamic_degree").needs_weights == ("raft-things.pth",)
+
+
+def test_subject_consistency_hist_against_hand_computed_bhattacharyya():
+    # two colours: frame 0 all black; frame 1 half black half white; frame 2 all white (8 bins: cells 0 and 511)
+    video = np.zeros((3, 8, 8, 3), np.uint8)
+    video[1, :, 4:] = 255
+    video[2] = 255
+    d = colour_descriptor(video[1])
+    assert d[0] == pytest.approx(np.sqrt(0.5)) and d[511] == pytest.approx(np.sqrt(0.5))
+    # t=1: cos(f1, f0) = √½ for previous and first; t=2: cos(f2, f1) = √½, cos(f2, f0) = 0
+    expected = (np.sqrt(0.5) + (np.sqrt(0.5) + 0.0) / 2) / 2
+    assert subject_consistency_hist(video) == pytest.approx(expected, abs=1e-12)
+
+
+def test_subject_consistency_hist_ignores_motion_and_sees_appearance():
+    moving = translating(3, frames=5)
+    assert temporal_ssim(moving) < 0.99  # motion lowers temporal SSIM …
+    rng = np.random.default_rng(0)
+    # … while a colour-preserving permutation of pixels (all motion, no appearance change) keeps the stand-in at 1
+    shuffled = np.stack([f.reshape(-1, 3)[rng.permutation(f.shape[0] * f.shape[1])].reshape(f.shape) for f in static(4)])
+    assert subject_consistency_hist(shuffled) == pytest.approx(1.0)
+    recoloured = static(4).copy()
+    recoloured[2:] = 255 - recoloured[2:]  # the subject changes colour half-way
+    assert subject_consistency_hist(recoloured) < 0.9
 
 
 def test_midpoint_interpolation_of_a_translation():
@@ -87,14 +121,21 @@ def test_registry_records_are_complete():
 def test_unknown_metric_names_the_closest():
     with pytest.raises(ValueError, match=r"unknown metric 'temporal_sim'.*'temporal_ssim'"):
         get_metric("temporal_sim")
-    with pytest.raises(ValueError, match="Did you mean 'dynamic_degree'"):
-        compute_metrics(["ssim", "dynamic_degre"], static(), reference=static())
+    with pytest.raises(ValueError, match="Did you mean 'flow_magnitude'"):
+        compute_metrics(["ssim", "flow_magnitud"], static(), reference=static())
 
 
 def test_compute_metrics_weight_free():
     video = static()
-    out = compute_metrics(["temporal_ssim", "dynamic_degree", "ssim"], video, reference=video)
-    assert out == {"temporal_ssim": pytest.approx(1.0), "dynamic_degree": 0.0, "ssim": pytest.approx(1.0)}
+    out = compute_metrics(
+        ["temporal_ssim", "flow_magnitude", "ssim", "subject_consistency_hist"], video, reference=video
+    )
+    assert out == {
+        "temporal_ssim": pytest.approx(1.0),
+        "flow_magnitude": 0.0,
+        "ssim": pytest.approx(1.0),
+        "subject_consistency_hist": pytest.approx(1.0),
+    }
 
 
 @pytest.mark.parametrize(
@@ -126,7 +167,7 @@ def test_bad_inputs_are_rejected_before_work(monkeypatch):
     with pytest.raises(ValueError, match="differs from video shape"):
         ssim(video, video[:2])
     with pytest.raises(ValueError, match="at least 2 frame"):
-        dynamic_degree(video[:1])
+        flow_magnitude(video[:1])
     with pytest.raises(ValueError, match="at least 7"):
         temporal_ssim(np.zeros((2, 5, 5, 3), np.uint8))
     with pytest.raises(ValueError, match="not requested"):
@@ -164,6 +205,6 @@ def test_attribute_metrics_refuse_other_prompts_before_work(monkeypatch):
     calls = []
     monkeypatch.setattr(attributes, "_caption", lambda prompt: calls.append(prompt))
     with pytest.raises(ValueError, match="caption grammar"):
-        compute_metrics(["dynamic_degree", "colour_match"], np.zeros((4, 32, 32, 3), np.uint8),
+        compute_metrics(["flow_magnitude", "colour_match"], np.zeros((4, 32, 32, 3), np.uint8),
                         prompt="an astronaut riding a horse")
     assert calls == []

@@ -24,7 +24,7 @@ GEN = {
 }  # no CFG: half the cost
 PROMPTS = ["a red circle moving left"]
 SEEDS = [0, 1]
-METRICS = ["ssim", "temporal_ssim", "dynamic_degree"]
+METRICS = ["ssim", "temporal_ssim", "flow_magnitude"]
 BATCH = 2
 
 

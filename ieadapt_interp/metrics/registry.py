@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -113,11 +114,28 @@ def _entries() -> list[Metric]:
             "VBench motion_smoothness formula with an OpenCV Farneback midpoint interpolator (not AMT)",
         ),
         Metric(
-            "dynamic_degree",
-            motion.dynamic_degree,
+            "flow_magnitude",
+            motion.flow_magnitude,
             ("video",),
             True,
-            "mean OpenCV Farneback optical-flow magnitude, pixels/frame (not VBench's binary RAFT version)",
+            "mean OpenCV Farneback optical-flow magnitude, pixels/frame (continuous; called dynamic_degree before)",
+        ),
+        Metric(
+            "dynamic_degree",
+            vbench.dynamic_degree,
+            ("video",),
+            True,
+            "VBench dynamic_degree: RAFT (Teed & Deng 2020) flow of frames sampled to ~8 fps; 1 when at least "
+            "round(4·frames/16) pairs have a top-5 % flow magnitude above 6·min(H,W)/256 px, else 0",
+            (vbench.RAFT_THINGS.filename,),
+        ),
+        Metric(
+            "subject_consistency_hist",
+            motion.subject_consistency_hist,
+            ("video",),
+            True,
+            "weight-free stand-in for VBench subject_consistency: its formula on square-rooted RGB histograms "
+            "(Bhattacharyya coefficients), not DINO",
         ),
         *[
             Metric(
@@ -180,6 +198,11 @@ def _entries() -> list[Metric]:
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in _entries()}
+#: Names whose meaning changed in this release, with the notice :func:`get_metric` gives (removed next release).
+RENAMED: dict[str, str] = {
+    "dynamic_degree": "'dynamic_degree' is now VBench's binary RAFT score (needs raft-things.pth); the continuous "
+    "Farneback measure it named before is 'flow_magnitude'. This notice is removed in the next release.",
+}
 
 
 def get_metric(name: str) -> Metric:
@@ -190,6 +213,8 @@ def get_metric(name: str) -> Metric:
         True
     """
     if name in METRICS:
+        if name in RENAMED:
+            warnings.warn(RENAMED[name], FutureWarning, stacklevel=2)
         return METRICS[name]
     close = difflib.get_close_matches(str(name), list(METRICS), n=1, cutoff=0.0)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -260,8 +285,8 @@ def compute_metrics(
 
     Example:
         >>> v = np.zeros((4, 32, 32, 3), np.uint8)
-        >>> compute_metrics(["temporal_ssim", "dynamic_degree"], v)
-        {'temporal_ssim': 1.0, 'dynamic_degree': 0.0}
+        >>> compute_metrics(["temporal_ssim", "flow_magnitude"], v)
+        {'temporal_ssim': 1.0, 'flow_magnitude': 0.0}
     """
     if on_missing not in ("raise", "nan"):
         raise IEAdaptValueError(f"on_missing must be 'raise' or 'nan', got {on_missing!r}")

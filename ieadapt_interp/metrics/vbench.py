@@ -1,5 +1,6 @@
 """VBench's quality metrics (Huang et al. 2024, "VBench: Comprehensive Benchmark Suite for Video Generative
-Models"): ``aesthetic_quality``, ``imaging_quality``, ``subject_consistency``, ``motion_smoothness``.
+Models"): ``aesthetic_quality``, ``imaging_quality``, ``subject_consistency``, ``motion_smoothness``,
+``dynamic_degree``.
 
 Each follows VBench's own code path (preprocessing, model, normalisation), with the models loaded from local
 files (see :mod:`.weights`).
@@ -8,6 +9,7 @@ files (see :mod:`.weights`).
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import IEAdaptNotImplementedError, IEAdaptValueError
 from .amt import AMT_S, load_amt  # noqa: F401  (AMT_S re-exported: the registry names vbench.AMT_S)
 from .clip import CLIP_L14, clip_pixels
 from .dino import load_dino
 from .musiq import MUSIQ, musiq_state_dict
+from .raft import MIN_PADDED_SIDE, RAFT_THINGS, load_raft, pad_to_multiple  # noqa: F401  (RAFT_THINGS: registry)
 from .video import check_video, resize_as_uint8, resize_shorter, to_tensor255
 from .weights import WeightFile, locate_file, locate_hf_model
-from ..core.errors import IEAdaptNotImplementedError, IEAdaptValueError
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
     from transformers import CLIPVisionModelWithProjection, ViTModel
@@ -348,3 +351,115 @@ def motion_smoothness(
     scale = vbench_amt_scale(video.shape[1], video.shape[2], vram_bytes)
     predicted = interpolate_dropped_frames(model, video, scale=scale, device=device, batch_size=batch_size)
     return smoothness_score(video[1::2], predicted)
+
+
+# ---------------------------------------------------------------- dynamic degree
+def vbench_frame_interval(fps: float) -> int:
+    """VBench keeps every ``round(fps / 8)``-th decoded frame (Python rounding: halves go to the even integer).
+
+    Example:
+        >>> vbench_frame_interval(8), vbench_frame_interval(24), vbench_frame_interval(30)
+        (1, 3, 4)
+    """
+    interval = round(fps / 8)
+    if interval < 1:
+        raise IEAdaptValueError(
+            f"fps={fps} keeps no frame under VBench's rule (every round(fps/8)-th frame); give fps ≥ 4, the rate "
+            "the video's frames were generated at."
+        )
+    return interval
+
+
+def dynamic_thresholds(height: int, width: int, frames: int) -> tuple[float, int]:
+    """VBench's ``set_params``: the flow threshold ``6 · min(H, W) / 256`` pixels and the number of frame pairs
+    that must exceed it, ``round(4 · frames / 16)`` (``frames`` after sampling; Python rounding).
+
+    Example:
+        >>> dynamic_thresholds(256, 320, 16), dynamic_thresholds(512, 512, 10)
+        ((6.0, 4), (12.0, 2))
+    """
+    return 6.0 * (min(height, width) / 256.0), round(4 * (frames / 16.0))
+
+
+def top_flow_magnitude(flow: torch.Tensor) -> float:
+    """VBench's ``get_score``: mean of the largest 5 % (``int(h·w·0.05)`` pixels) of ``‖flow‖₂`` over a
+    ``(2, h, w)`` flow (x, y), in pixels; float32 numpy arithmetic, as VBench.
+
+    Example:
+        >>> top_flow_magnitude(torch.stack([torch.full((20, 20), 3.0), torch.full((20, 20), 4.0)]))
+        5.0
+    """
+    u, v = flow.detach().float().cpu().numpy()
+    radius = np.sqrt(np.square(u) + np.square(v)).flatten()
+    cut = int(u.shape[0] * u.shape[1] * 0.05)
+    return float(np.mean(np.abs(np.sort(-radius))[:cut]))
+
+
+@torch.no_grad()
+def raft_motion_scores(
+    model: nn.Module, video: np.ndarray, *, fps: float = 8.0, iters: int = 20, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Per consecutive pair of VBench-sampled frames, :func:`top_flow_magnitude` of RAFT's flow.
+
+    Frames ``video[::round(fps/8)]`` as floats in [0, 255], each pair replicate-padded to multiples of 8
+    (:func:`~.raft.pad_to_multiple`), one pair per pass, ``model(img1, img2, iters=20)[1]`` (the upsampled flow,
+    on the padded frame, as VBench scores it). Returns float64 ``(pairs,)``.
+    """
+    device = _model_device(model, device)
+    frames = to_tensor255(video[:: vbench_frame_interval(fps)], device)
+    scores = []
+    for a, b in itertools.pairwise(frames):
+        image1, image2 = pad_to_multiple(a[None], b[None])
+        scores.append(top_flow_magnitude(model(image1, image2, iters=iters)[1][0]))
+    return np.array(scores, dtype=np.float64)
+
+
+def dynamic_degree(
+    video: np.ndarray,
+    *,
+    fps: float = 8.0,
+    model: nn.Module | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> float:
+    """VBench dynamic degree: 1.0 when the video moves (enough large optical flows), else 0.0.
+
+    Source: VBench ``dynamic_degree.py`` (``DynamicDegree.infer``) with RAFT (Teed & Deng 2020,
+    ``raft-things.pth``, :mod:`.raft`): keep every ``round(fps/8)``-th frame; for each consecutive pair, RAFT
+    flow (20 iterations, frames replicate-padded to multiples of 8) and the mean of its largest 5 % magnitudes;
+    the video moves when at least ``round(4 · frames/16)`` pairs exceed ``6 · min(H, W)/256`` pixels
+    (:func:`dynamic_thresholds`). VBench's benchmark score is the mean of this 0/1 value over videos.
+
+    The continuous, weight-free measure this package used to call ``dynamic_degree`` is
+    :func:`~.motion.flow_magnitude`.
+
+    Args:
+        video: uint8 ``(T, H, W, 3)``, T ≥ 2, both sides ≥ 121 (padded to a multiple of 8, at least 128: RAFT's
+            coarsest correlation level needs it; VBench's videos are ≥ 256).
+        fps: the rate of ``video``'s frames; VBench samples down to about 8 fps (default 8: every frame kept).
+        model: a :class:`~.raft.RAFT` (else :func:`~.raft.load_raft` with ``weights``), or any module called as
+            ``model(img1, img2, iters=20)`` returning ``(flow_low, flow_up)``.
+        device: torch device for the loaded model.
+
+    Returns:
+        1.0 or 0.0.
+
+    Example:
+        >>> dynamic_degree(video)  # doctest: +SKIP
+        1.0
+    """
+    check_video(video, min_frames=2)
+    interval = vbench_frame_interval(fps)
+    if len(video[::interval]) < 2:
+        raise IEAdaptValueError(f"dynamic_degree needs 2 frames after VBench's sampling (every {interval}th); got "
+                                f"{len(video[::interval])} of {len(video)}.")
+    padded = [side + (-side) % 8 for side in video.shape[1:3]]
+    if min(padded) < MIN_PADDED_SIDE:
+        raise IEAdaptValueError(
+            f"dynamic_degree needs frames of at least {MIN_PADDED_SIDE - 7}×{MIN_PADDED_SIDE - 7} pixels (RAFT's "
+            f"coarsest correlation level); got {video.shape[1]}×{video.shape[2]}. Use flow_magnitude for small videos."
+        )
+    model = model if model is not None else load_raft(weights, device)
+    scores = raft_motion_scores(model, video, fps=fps, device=device)
+    threshold, needed = dynamic_thresholds(video.shape[1], video.shape[2], len(video[::interval]))
+    return float(len(scores) > 0 and int((scores > threshold).sum()) >= needed)

@@ -84,7 +84,7 @@ def _check_metrics(metrics: Sequence[str], prompts: Sequence[str] = (), targets:
     if not names:
         raise IEAdaptValueError(
             "metrics is empty: name at least one, e.g. metrics=['ssim', 'temporal_ssim', "
-            "'dynamic_degree'] (see ieadapt_interp.metrics.METRICS)."
+            "'flow_magnitude'] (see ieadapt_interp.metrics.METRICS)."
         )
     for name in names:
         metric = get_metric(name)  # ValueError naming the closest valid metric
@@ -163,7 +163,7 @@ class SweepConfig:
         perturbations: PerturbationsArg,
         *,
         seeds: Sequence[int] | None = None,
-        metrics: Sequence[str] = ("ssim", "temporal_ssim", "dynamic_degree"),
+        metrics: Sequence[str] = ("ssim", "temporal_ssim", "flow_magnitude"),
         generation: Mapping[str, Any] | None = None,
         model: ModelSpec | Any = None,
     ) -> SweepConfig:

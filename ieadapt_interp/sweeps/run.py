@@ -49,7 +49,7 @@ def sweep(
     prompts: Sequence[str],
     perturbations: PerturbationsArg,
     seeds: Sequence[int] | None = None,
-    metrics: Sequence[str] = ("ssim", "temporal_ssim", "dynamic_degree"),
+    metrics: Sequence[str] = ("ssim", "temporal_ssim", "flow_magnitude"),
     *,
     store: str | os.PathLike,
     engine: str = "local",
