@@ -33,9 +33,9 @@ CASES = {
     "ltx": (dict(num_frames=9, height=32, width=32), 4.0, 1),
     "hunyuanvideo": (dict(num_frames=5, height=32, width=32), 6.0, 1),  # distilled guidance: no CFG rows
     "mochi": (dict(num_frames=7, height=32, width=32), 4.0, 2),  # its sigma schedule needs 2 steps
-    "svd": (dict(num_frames=3, height=32, width=32), 3.0, 1),
-    "animatediff-lightning": (dict(num_frames=4, height=16, width=16), 1.0, 1),  # no CFG; 4 steps below
-    "animatediff-sdxl": (dict(num_frames=4, height=16, width=16), 4.0, 1),
+    "svd": (dict(num_frames=2, height=32, width=32), 3.0, 1),
+    "animatediff-lightning": (dict(num_frames=2, height=16, width=16), 1.0, 1),  # no CFG; 4 steps below
+    "animatediff-sdxl": (dict(num_frames=2, height=16, width=16), 4.0, 1),
 }
 KINDS = {
     "wan": ["joint", "cross"] * 2,
