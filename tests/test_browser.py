@@ -127,15 +127,20 @@ CELLS_JS = """() => {
 
 
 def _run_all(page, url: str, stem: str) -> list[dict]:
-    page.goto(f"{url}/lab/tree/{stem}.ipynb")
+    """Open ``stem`` alone (``?reset``: no restored tabs), wait for its kernel, Run All, wait for the end."""
+    page.goto(f"{url}/lab/tree/{stem}.ipynb?reset")
     page.wait_for_function(
-        "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-        " && window.jupyterapp.shell.currentWidget.sessionContext"
-        " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-        " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
-        " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
-        timeout=120_000)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        "path => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " return w && w.context && w.context.path === path && w.sessionContext.session"
+        " && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
+        arg=f"{stem}.ipynb", timeout=120_000)
+    page.evaluate("""async path => {
+      const app = window.jupyterapp;
+      const panel = app.shell.currentWidget;
+      app.shell.activateById(panel.id);  // the notebook commands act on the active notebook
+      if (panel.context.path !== path) throw new Error('wrong notebook active: ' + panel.context.path);
+      await app.commands.execute('notebook:run-all-cells');
+    }""", f"{stem}.ipynb")
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
         state = page.evaluate(CELLS_JS)
@@ -179,6 +184,7 @@ def test_notebooks_render_in_jupyterlab(browser, lab):
         assert page.evaluate("() => Array.from(window.jupyterapp.shell.currentWidget.node.querySelectorAll('video')).every(v => v.readyState >= 1"
                              " && v.videoWidth > 0)"), "a <video> did not load"
 
+        page.evaluate("() => window.jupyterapp.serviceManager.sessions.shutdownAll()")  # 00's kernel
         cells = _run_all(page, url, "01_perturbation_analysis")
         explorer = next(c for c in cells if "explore(" in c["source"])
         assert {"step", "layer", "head (-1 mean)", "frame (-1 mean)", "video frame"} <= set(explorer["sliders"])
