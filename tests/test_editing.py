@@ -202,3 +202,33 @@ def test_edit_rows_in_a_sweep_are_the_batched_edits_of_the_baseline(animatediff,
         got = float(ds.value.sel(perturbation=name, metric="ssim").squeeze())
         assert got == pytest.approx(want, abs=2e-3)
     assert list(ds.replacement.sel(perturbation=["ie", "masa"]).values) == ["edit:ieadapt", "edit:masactrl"]
+
+
+def test_edit_checks_on_rendered_clips():
+    from ieadapt_interp.methods.sources import render_toy_clip
+    from ieadapt_interp.metrics.editing import edit_preservation, edit_success, trajectory_distance
+
+    src = "a red circle moving right on a black background"
+    blue = src.replace("red", "blue")
+    a, b = render_toy_clip(src, seed=3), render_toy_clip(blue, seed=3)      # same seed: the same path
+    assert edit_success(b, a, src, blue) == 1.0 and edit_preservation(b, a, src, blue) == 1.0
+    off = render_toy_clip(blue, seed=3, off_path=14.0)                     # the edit, 14 px off the source's path
+    assert edit_success(off, a, src, blue) == 1.0 and edit_preservation(off, a, src, blue) == 0.0
+    assert trajectory_distance(off, a) == pytest.approx(14.0, abs=0.5)
+    assert edit_success(a, a, src, blue) == 0.0                            # unchanged video: no edit
+    square = render_toy_clip(src.replace("circle", "square"), seed=3)
+    assert edit_preservation(square, a, src, blue) == 0.0                  # the shape was not to change
+
+
+def test_editing_table_is_the_registry_metrics(animatediff):
+    from ieadapt_interp.metrics import compute_metrics
+    from ieadapt_interp.metrics.editing import editing_table
+
+    results = edit_many(animatediff, 0, "a red circle", [Edit("a blue circle"), Edit("a blue circle", "none")],
+                        **ANIMATEDIFF_KW)
+    table = editing_table(results)
+    assert list(table.index) == ["ieadapt", "none"]
+    for r in results:
+        want = compute_metrics(["ssim"], r.video, reference=r.source_video)["ssim"]
+        assert table.loc[r.edit.label, "SSIM"] == pytest.approx(want)
+    assert table[["LPIPS", "success"]].isna().all().all()    # 16 px < LPIPS's 32; not toy captions

@@ -124,7 +124,8 @@ def editing_table(results, reference=None, columns: dict[str, str] | None = None
 
     ``results``: edit results (``.video``, ``.source_video``, ``.edit.label``, ``.source_prompt``,
     ``.target_prompt``); ``reference``: the source video to compare with (default: each result's
-    ``source_video``; pass the real input video for inverted sources). Metrics whose weights are missing are NaN;
+    ``source_video``; pass the real input video for inverted sources). Metrics whose weights are missing, or that
+    cannot take the video's size, are NaN;
     the edit checks are NaN for captions outside the toy grammar. Returns a DataFrame indexed by method label.
     """
     import pandas as pd
@@ -140,11 +141,14 @@ def editing_table(results, reference=None, columns: dict[str, str] | None = None
             _captions(r.source_prompt, r.target_prompt)
         except ValueError:
             names = [n for n in names if n not in ("edit_success", "edit_preservation", "trajectory_distance")]
-        if min(r.video.shape[1:3]) < 32:
-            names = [n for n in names if n != "lpips"]
-        values = compute_metrics(names, r.video, reference=ref, prompt=r.target_prompt,
-                                 source_prompt=r.source_prompt, target_prompt=r.target_prompt, on_missing="nan",
-                                 device=device)
+        values = {}
+        for name in names:  # one at a time: a size limit (LPIPS ≥ 32 px, AMT-S > 112 px) gives NaN, not an error
+            try:
+                values.update(compute_metrics([name], r.video, reference=ref, prompt=r.target_prompt,
+                                              source_prompt=r.source_prompt, target_prompt=r.target_prompt,
+                                              on_missing="nan", device=device))
+            except ValueError:
+                values[name] = float("nan")
         rows[r.edit.label] = {col: values.get(name, float("nan")) for col, name in columns.items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
