@@ -119,7 +119,8 @@ FINDING_IDS = ["1a", "1b", "2", "3a", "3b", "4a", "4b", "4c"]
 
 def check_findings_rows(checks):
     """The findings table has one row per finding of DESIGN.md §2, each with a verdict and what was measured."""
-    assert [i for i in checks["id"] if i in FINDING_IDS] == FINDING_IDS
+    ids = list(checks["id"])
+    assert set(FINDING_IDS) <= set(ids) and len(ids) == len(set(ids)), ids  # one row per finding
     assert set(checks["holds"]) <= {"yes", "no", "n/a"}
     measured = checks.set_index("id")
     for column in ("finding", "measured"):
