@@ -157,3 +157,25 @@ def test_row_selection_is_a_view_or_a_cached_index():
     for sel in (slice(8, 16), index):
         out = scatter(x, sel, -select(x, sel))
         assert torch.equal(out[sel], -x[sel]) and torch.equal(x, torch.arange(16.0).view(16, 1))
+
+
+def test_cogvideox_15_temporal_patching_splits_token_frames():
+    """CogVideoX 1.5 (``patch_size_t=2``): one token frame covers two latent frames; the split does not crash and
+    each token frame's stats equal the naive fp64 computation over its tokens."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    pipe = ia.load_pipeline("tiny:cogvideox")
+    torch.manual_seed(0)
+    pipe.transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2,
+        text_embed_dim=16, num_layers=2, sample_width=4, sample_height=4, sample_frames=9, patch_size=1,
+        patch_size_t=2, temporal_compression_ratio=4, max_text_seq_length=16,
+        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False).eval()
+    assert pipe.transformer.config.patch_size_t == 2
+    kw = dict(COGVIDEOX_KW, num_frames=13)  # 4 latent frames → 2 token frames
+    run = ia.trace(pipe, "a red circle", guidance_scale=1.0, **kw)
+    calls = _reference_calls(pipe, "a red circle", 1.0, kw)
+    text_len = pipe.transformer.config.max_text_seq_length
+    assert run.stats.sizes["frame"] == 2
+    checked = _compare(pipe, run.stats, calls, [0], 1, text_len)
+    assert {kind for _, kind in checked} == {"joint"}
