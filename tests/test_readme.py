@@ -106,7 +106,8 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
     assert run.video.dtype == np.uint8 and run.video.shape[0] == 4 and run.video.shape[-1] == 3
     assert run.stats.sizes["step"] == 2
     pct = run.stats["entropy_pct"].values
-    assert np.isfinite(pct).all() and 0 <= pct.min() and pct.max() <= 100 + 1e-3
+    pct = pct[np.isfinite(pct)]  # NaN: heads a layer lacks (the head axis is the widest layer's)
+    assert pct.size and 0 <= pct.min() and pct.max() <= 100 + 1e-3
     assert namespace["variants"].videos.shape[0] == 3
     # nnsight: one mean entropy per step of the last spatial layer, each within [0, log N]
     entropy = [float(e) for e in namespace["entropy"]]
