@@ -26,6 +26,10 @@ HEADLESS: dict[str, dict] = {
                                  "prompts": ["a red circle moving left on a white background"]},
     "02_entropy_energy": {"interactive": False, "num_inference_steps": 10,
                           "prompts": ["a blue square moving right on a black background"]},
+    "03_quality_guidance": {"prompts": ["a red circle moving left on a white background"], "scales": [3.0],
+                            "curve_pairs": ["UI"], "layer_choices": ["l*", "lowest"], "num_inference_steps": 4,
+                            "n_boot": 200},
+    "04_video_editing": {"num_inference_steps": 6, "ratios": [0.25, 0.5, 1.0]},
 }
 
 
