@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .video import check_pair, check_video
+from ..core.errors import IEAdaptValueError
 
 #: centroid-trajectory tolerance of :func:`edit_preservation`, in pixels at 64 px frames (scaled with size)
 TRAJECTORY_TOLERANCE = 4.0
@@ -42,7 +43,7 @@ def _captions(source_prompt: str, target_prompt: str):
     try:
         return parse_caption(source_prompt), parse_caption(target_prompt)
     except ValueError as error:
-        raise ValueError(f"the edit checks need captions of the embedded model's grammar ('a red circle moving "
+        raise IEAdaptValueError(f"the edit checks need captions of the embedded model's grammar ('a red circle moving "
                          f"left on a black background'): {error}") from None
 
 
