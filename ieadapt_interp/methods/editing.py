@@ -441,3 +441,29 @@ def edit(
 
 __all__ = ["METHODS", "Edit", "EditResult", "check_alignment", "check_ratio", "edit", "edit_many", "method_layers",
            "selection_table"]
+
+
+def table_edits(pipe, target_prompt: str, ratios: Sequence[float] = (0.25, 0.5, 0.65, 0.75, 1.0)) -> list[Edit]:
+    """The edits of the paper's Tables 5 and 3: IE-Adapt at each ratio below 1 (ratio 1 is ``"all"``), then
+    ``all``, ``fixed`` (the decoder's self-attention layers, TokenFlow-style), ``masactrl``, ``value``, ``p2p``
+    and ``none``.
+
+    >>> import ieadapt_interp as ia
+    >>> [e.label for e in table_edits(ia.load_pipeline("tiny:animatediff"), "a blue circle", (0.5, 1.0))][:3]
+    ['ieadapt', 'all', 'fixed']
+    """
+    table = [r for r in layer_records(pipe) if r.kind in ("spatial", "temporal", "joint")]
+    decoder = tuple(r.name for r in table[len(table) // 2:])
+    return ([Edit(target_prompt, "ieadapt", r) for r in ratios if r < 1.0]
+            + [Edit(target_prompt, "all"), Edit(target_prompt, "fixed", layers=decoder)]
+            + [Edit(target_prompt, m) for m in ("masactrl", "value", "p2p", "none")])
+
+
+def ratio_rows(results) -> list[str]:
+    """Row labels of the Table 5 ratio sweep in an :func:`editing_table`: the IE-Adapt edits, then ``all`` (100 %)."""
+    return [r.edit.label for r in results if r.edit.method == "ieadapt"] + ["all"]
+
+
+def videos_of(results, labels: Sequence[str] = ("ieadapt", "masactrl", "p2p", "none")) -> dict[str, np.ndarray]:
+    """``{label: edited video}`` of the results whose edit label is in ``labels`` (in the results' order)."""
+    return {r.edit.label: r.video for r in results if r.edit.label in labels}

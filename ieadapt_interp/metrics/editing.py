@@ -68,7 +68,10 @@ def measure(video: np.ndarray) -> dict[str, str | None]:
 
 def edit_success(video: np.ndarray, reference: np.ndarray, source_prompt: str, target_prompt: str) -> float:
     """1.0 if every attribute the captions change is measured as the target caption's in ``video``, else 0.0
-    (0.0 also when the captions change nothing)."""
+    (0.0 also when the captions change nothing).
+
+    Source: this project's edit checks (paper Sec. 5.3, edit success and structure preservation), measured
+    with the embedded model's attribute checks (:mod:`ieadapt_interp.models.toy.attributes`)."""
     check_video(video, min_frames=2)
     check_pair(video, reference)
     changed = changed_attributes(source_prompt, target_prompt)
@@ -81,7 +84,10 @@ def edit_success(video: np.ndarray, reference: np.ndarray, source_prompt: str, t
 
 def attributes_kept(video: np.ndarray, reference: np.ndarray, source_prompt: str, target_prompt: str) -> float:
     """1.0 if the attributes the captions share (of colour, shape, background) measure the same in ``video`` and
-    in the source ``reference``, else 0.0."""
+    in the source ``reference``, else 0.0.
+
+    Source: this project's edit checks (paper Sec. 5.3, edit success and structure preservation), measured
+    with the embedded model's attribute checks (:mod:`ieadapt_interp.models.toy.attributes`)."""
     check_video(video, min_frames=2)
     check_pair(video, reference)
     changed = set(changed_attributes(source_prompt, target_prompt))
@@ -93,7 +99,10 @@ def attributes_kept(video: np.ndarray, reference: np.ndarray, source_prompt: str
 def trajectory_distance(video: np.ndarray, reference: np.ndarray, source_prompt: str | None = None,
                         target_prompt: str | None = None) -> float:
     """Mean Euclidean distance (px) between the largest blob's centroids of ``video`` and ``reference``, over
-    the frames where both have one; ``inf`` when no frame has both. Lower = the motion path is kept."""
+    the frames where both have one; ``inf`` when no frame has both. Lower = the motion path is kept.
+
+    Source: this project's edit checks (paper Sec. 5.3, edit success and structure preservation), measured
+    with the embedded model's attribute checks (:mod:`ieadapt_interp.models.toy.attributes`)."""
     from ..models.toy.attributes import centroids
 
     check_video(video, min_frames=2)
@@ -106,7 +115,10 @@ def trajectory_distance(video: np.ndarray, reference: np.ndarray, source_prompt:
 
 def edit_preservation(video: np.ndarray, reference: np.ndarray, source_prompt: str, target_prompt: str) -> float:
     """1.0 if :func:`attributes_kept` and the trajectory stays within :data:`TRAJECTORY_TOLERANCE` px (scaled by
-    ``min(H, W) / 64``) of the source's, else 0.0."""
+    ``min(H, W) / 64``) of the source's, else 0.0.
+
+    Source: this project's edit checks (paper Sec. 5.3, edit success and structure preservation), measured
+    with the embedded model's attribute checks (:mod:`ieadapt_interp.models.toy.attributes`)."""
     tolerance = TRAJECTORY_TOLERANCE * min(video.shape[1:3]) / 64.0
     kept = attributes_kept(video, reference, source_prompt, target_prompt)
     return float(kept == 1.0 and trajectory_distance(video, reference) <= tolerance)
