@@ -248,3 +248,32 @@ def test_cogvideox_combination_equals_diffusers_pag_guider(cogvideox):
     assert (reference - (plain[:1] + w * (plain[1:] - plain[:1]))).abs().max() > 1e-3  # guidance matters
     torch.testing.assert_close(out[:1] + w * (out[1:] - out[:1]), reference, rtol=1e-4, atol=1e-5)
     assert not has_leftovers(pipe)
+
+
+@pytest.mark.parametrize("branch", ["cond", "uncond", "both"])
+def test_user_perturbation_under_guidance_acts_on_the_conditional_side(animatediff, branch):
+    """A user perturbation at another layer: its ``cond`` side covers the pos / neg rows (copies of the
+    conditional row), its ``uncond`` side only the unconditional row; checked against separate denoiser calls."""
+    pipe, s, w = animatediff, 1.3, 4.0
+    other = "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    sample, text, t = _inputs(pipe)
+    user = Perturbation(ia.Layers(names=[other]), "identity", branch=branch)
+    g = Guidance("U", "I", scale=s, layers=[SPATIAL])
+    with torch.no_grad(), Interception(pipe, [PerturbationHandler(user), *g.handlers(g.resolve(pipe))]) as ic, \
+            GuidedDenoiser(pipe, g, ic, cfg=True):
+        out = pipe.unet(sample, t, encoder_hidden_states=text).sample
+
+    def eps(rows, term, perturbed):
+        handlers = [PerturbationHandler(Perturbation(ia.Layers(names=[other]), "identity"))] if perturbed else []
+        if term != "A":
+            handlers.append(PerturbationHandler(Perturbation(ia.Layers(names=[SPATIAL]),
+                                                             {"U": "uniform", "I": "identity"}[term]), name="term"))
+        with torch.no_grad(), Interception(pipe, handlers):
+            return pipe.unet(sample[rows], t, encoder_hidden_states=text[4 * rows.start:4 * rows.stop]).sample
+
+    on_cond, on_uncond = branch in ("cond", "both"), branch in ("uncond", "both")
+    e_null = eps(slice(0, 1), "A", on_uncond)
+    e_a, e_u, e_i = (eps(slice(1, 2), term, on_cond) for term in ("A", "U", "I"))
+    combined = out[:1] + w * (out[1:] - out[:1])
+    torch.testing.assert_close(combined, e_null + w * (e_a - e_null) + s * (e_u - e_i), rtol=1e-4, atol=1e-5)
+    assert not has_leftovers(pipe)

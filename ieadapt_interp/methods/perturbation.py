@@ -169,6 +169,8 @@ class PerturbationHandler(AttentionHandler):
     Rows: by default those in the perturbation's CFG ``branch`` (rows labelled ``"all"`` count as
     every branch) and, if given, ``samples``. ``rows=`` replaces that rule with a predicate on the
     row label ``(branch, sample)`` — e.g. guidance's extra ``("neg", 0)`` row. The step range always holds.
+    Guidance's ``pos`` / ``neg`` rows are copies of the conditional row, so a ``cond`` perturbation acts on
+    them too: the guidance term then compares perturbed models of the same (user-perturbed) network.
 
     >>> from ieadapt_interp import tiny_pipeline, attention_layers
     >>> h = PerturbationHandler(identity("temporal"), name="p0")
@@ -191,7 +193,8 @@ class PerturbationHandler(AttentionHandler):
         p = self.perturbation
         if self.row_filter is not None:
             return p.active(step, "both") and self.row_filter(branch, sample)
-        in_branch = p.active(step, branch) or (branch == "all" and p.active(step, "both"))
+        side = "cond" if branch in ("pos", "neg") else branch  # guidance's extra rows are conditional rows
+        in_branch = p.active(step, side) or (side == "all" and p.active(step, "both"))
         return in_branch and (self.samples is None or sample in self.samples)
 
     def after(self, ctx: CallContext) -> None:
