@@ -23,7 +23,7 @@ run: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m ieadapt_interp.notebook_runner --out runs
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 # root (containers, CI machines) needs --allow-root to start the server
 LAB_ARGS ?=
