@@ -328,17 +328,23 @@ def _check_1a(ev: Evidence, o: dict) -> Outcome:
     return Outcome(effect, effect < 0, f"spatial layer {last}: ΔSSIM I={ssim_i[last]:+.4f}, U={ssim_u[last]:+.4f}")
 
 
-def _check_1b(ev: Evidence, o: dict) -> Outcome:
-    if missing := _needs_table(ev, "spatial", "ssim"):
+def _mid_u_minus_i(ev: Evidence, kind: str) -> Outcome:
+    """ΔSSIM(U) − ΔSSIM(I) averaged over the mid-block ``kind`` layer(s), each perturbed alone (checks 1b, 3f);
+    holds if < 0; n/a when neither I nor U there changes the video."""
+    if missing := _needs_table(ev, kind, "ssim"):
         return Outcome(missing=missing)
-    ssim_i = per_layer_change(ev.table, "ssim", "spatial", "identity")
-    ssim_u = per_layer_change(ev.table, "ssim", "spatial", "uniform")
-    mid = _middle_layers(ev.table, "spatial", ssim_i.index)
+    ssim_i = per_layer_change(ev.table, "ssim", kind, "identity")
+    ssim_u = per_layer_change(ev.table, "ssim", kind, "uniform")
+    mid = _middle_layers(ev.table, kind, ssim_i.index)
     if ssim_u[mid].abs().max() == 0 and ssim_i[mid].abs().max() == 0:
-        return Outcome(missing=f"neither I nor U at spatial layer(s) {mid} changes the video")
+        return Outcome(missing=f"neither I nor U at {kind} layer(s) {mid} changes the video")
     effect = float(ssim_u[mid].mean() - ssim_i[mid].mean())
-    return Outcome(effect, effect < 0, f"spatial layer(s) {mid}: ΔSSIM I={ssim_i[mid].mean():+.4f}, "
+    return Outcome(effect, effect < 0, f"{kind} layer(s) {mid}: ΔSSIM I={ssim_i[mid].mean():+.4f}, "
                                        f"U={ssim_u[mid].mean():+.4f}")
+
+
+def _check_1b(ev: Evidence, o: dict) -> Outcome:
+    return _mid_u_minus_i(ev, "spatial")
 
 
 def _check_1c(ev: Evidence, o: dict) -> Outcome:
@@ -457,14 +463,7 @@ def _check_3e(ev: Evidence, o: dict) -> Outcome:
 
 
 def _check_3f(ev: Evidence, o: dict) -> Outcome:
-    if missing := _needs_table(ev, "temporal", "ssim"):
-        return Outcome(missing=missing)
-    ssim_i = per_layer_change(ev.table, "ssim", "temporal", "identity")
-    ssim_u = per_layer_change(ev.table, "ssim", "temporal", "uniform")
-    mid = _middle_layers(ev.table, "temporal", ssim_i.index)
-    effect = float(ssim_u[mid].mean() - ssim_i[mid].mean())
-    return Outcome(effect, effect < 0, f"temporal layer(s) {mid}: ΔSSIM I={ssim_i[mid].mean():+.4f}, "
-                                       f"U={ssim_u[mid].mean():+.4f}")
+    return _mid_u_minus_i(ev, "temporal")
 
 
 def _needs_stats(ev: Evidence, key: str, kind: str | None = None) -> str:
