@@ -7,6 +7,8 @@ paper and the public source. The module names (``feat_encoder``, ``encoder.pyram
 .convblock``, ``update{2,3,4}``, ``comb_block``) and the sub-module layout are chosen so that the parameter names
 and shapes are exactly those of the official checkpoint ``amt-s.pth``: ``torch.load(path)["state_dict"]`` loads
 with ``load_state_dict(strict=True)``. Instance norms carry no parameters or buffers, as in the checkpoint.
+With shared random weights it equals VBench's ``vbench/third_party/amt/networks/AMT-S.py`` ``Model`` exactly
+(tests/test_official_networks.py).
 
 Pipeline (images ``(N, 3, H, W)`` in [0, 1], time ``t``):
 
@@ -21,17 +23,17 @@ Pipeline (images ``(N, 3, H, W)`` in [0, 1], time ``t``):
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import WeightFile, locate_file
 from ..core.errors import IEAdaptValueError
+from .weights import WeightFile, load_strict, locate_file
 
 AMT_S = WeightFile(
     "amt-s.pth",
@@ -500,13 +502,9 @@ class AMTS(nn.Module):
 
 
 # ---------------------------------------------------------------- loading
-@functools.lru_cache(maxsize=2)
-def _load_amt_cached(path: str, device: str) -> AMTS:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    model = AMTS()
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval().requires_grad_(False)
+def amt_state_dict(checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """The checkpoint's ``state_dict`` entry when present (the official ``amt-s.pth``), else the checkpoint."""
+    return checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
 
 
 def load_amt(weights: str | os.PathLike | None = None, device: str = "cpu") -> AMTS:
@@ -518,4 +516,4 @@ def load_amt(weights: str | os.PathLike | None = None, device: str = "cpu") -> A
         MissingWeightsError: the file is not found.
     """
     path = locate_file("motion_smoothness", AMT_S, weights)
-    return _load_amt_cached(str(Path(path).resolve()), str(device))
+    return load_strict(AMTS, str(Path(path).resolve()), str(device), amt_state_dict)

@@ -2,7 +2,8 @@
 
 Ke et al. 2021, "MUSIQ: Multi-scale Image Quality Transformer" (ICCV). A faithful PyTorch re-implementation of
 pyiqa's ``MUSIQ`` (itself a port of google-research/musiq): same modules, same parameter names, so pyiqa's
-checkpoints (e.g. ``musiq_spaq_ckpt-358bb6af.pth``) load with ``strict=True``. Inference only.
+checkpoints (e.g. ``musiq_spaq_ckpt-358bb6af.pth``) load with ``strict=True``. Inference only. With shared random
+weights it equals pyiqa 0.1.16's ``pyiqa/archs/musiq_arch.py`` ``MUSIQ`` exactly (tests/test_official_networks.py).
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ Pipeline (images ``(N, 3, H, W)`` with values in [0, 255], H and W multiples of 
    flow, update the hidden state with a separable conv-GRU, add the predicted flow update;
 4. upsample the 1/8 flow ×8 with a learned convex combination of 3 × 3 neighbours (mask scaled by 0.25).
 
-:func:`to_torchvision` maps the official state dict onto ``torchvision.models.optical_flow.raft_large`` (BSD),
-an independent implementation of the same network, which the tests use as the reference.
+With shared random weights it equals VBench's own ``vbench/third_party/RAFT`` (exactly, tests/
+test_official_networks.py). :func:`to_torchvision` maps the official state dict onto
+``torchvision.models.optical_flow.raft_large`` (BSD), an independent implementation the tests use as a second
+reference. Loading: :func:`load_raft` (strict, :func:`~.weights.load_strict`).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import IEAdaptValueError
-from .weights import WeightFile, locate_file
+from .weights import WeightFile, load_strict, locate_file
 
 RAFT_THINGS = WeightFile(
     "raft-things.pth",
@@ -327,14 +328,6 @@ def to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def _load_raft_cached(path: str, device: str) -> RAFT:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = RAFT()
-    model.load_state_dict(raft_state_dict(checkpoint), strict=True)
-    return model.to(device).eval().requires_grad_(False)
-
-
 def load_raft(weights: str | os.PathLike | None = None, device: str = "cpu") -> RAFT:
     """Load RAFT from ``raft-things.pth`` (``weights``, else ``$IEADAPT_WEIGHTS_DIR``, the torch hub cache,
     ``~/.cache/vbench/raft_model/models``): ``module.`` prefix stripped, strict load, eval mode, no gradients;
@@ -344,4 +337,4 @@ def load_raft(weights: str | os.PathLike | None = None, device: str = "cpu") -> 
         MissingWeightsError: the file is not found.
     """
     path = locate_file("dynamic_degree", RAFT_THINGS, weights)
-    return _load_raft_cached(str(Path(path).resolve()), str(device))
+    return load_strict(RAFT, str(Path(path).resolve()), str(device), raft_state_dict)

@@ -13,11 +13,16 @@ When nothing is found, :class:`MissingWeightsError` names the file to obtain and
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+
 from ..core.errors import IEAdaptFileNotFoundError
 
 WEIGHTS_ENV = "IEADAPT_WEIGHTS_DIR"
@@ -149,3 +154,32 @@ def locate_hf_model(metric: str, spec: HFModel, path: str | os.PathLike | None =
         return cached
     searched.append(Path(f"<HF cache>/models--{spec.repo_id.replace('/', '--')}"))
     raise _missing(metric, spec.folder_name, origin + " (folder with config.json and weights)", searched)
+
+
+def _identity(checkpoint: Any) -> Any:
+    return checkpoint
+
+
+@functools.lru_cache(maxsize=8)
+def load_strict(
+    build: Callable[[], nn.Module],
+    path: str,
+    device: str = "cpu",
+    unwrap: Callable[[Any], Mapping[str, torch.Tensor]] = _identity,
+) -> nn.Module:
+    """``build()``, then the checkpoint at ``path`` (``torch.load(weights_only=True)``, passed through ``unwrap``)
+    loaded with ``strict=True``; moved to ``device``, eval mode, no gradients. Cached per
+    (build, path, device, unwrap): give a resolved path and module-level functions.
+
+    Example:
+        >>> import tempfile
+        >>> path = str(Path(tempfile.mkdtemp()) / "linear.pth")
+        >>> torch.save({"state_dict": nn.Linear(2, 1).state_dict()}, path)
+        >>> model = load_strict(functools.partial(nn.Linear, 2, 1), path, unwrap=lambda c: c["state_dict"])
+        >>> model.training, model.weight.requires_grad
+        (False, False)
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = build()
+    model.load_state_dict(unwrap(checkpoint), strict=True)
+    return model.to(device).eval().requires_grad_(False)
