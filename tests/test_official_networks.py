@@ -4,15 +4,17 @@ Official code, installed from PyPI by ``make setup`` (``requirements/official.tx
 never copied into this repository:
 
 - ``vbench==0.1.5`` (Vchitect/VBench, Apache-2.0): ``vbench/third_party/amt/networks/AMT-S.py`` (``Model``;
-  vendored from MCG-NKU/AMT, whose own repository states CC BY-NC 4.0 for that code),
+  vendored from MCG-NKU/AMT, reported as CC BY-NC 4.0 upstream — not verified here; the wheel ships no separate
+  licence file for it),
   ``vbench/third_party/RAFT/core/raft.py`` (``RAFT``; vendored from princeton-vl/RAFT, BSD-3-Clause),
   and VBench's metric code paths ``vbench/dynamic_degree.py`` (``DynamicDegree``),
   ``vbench/motion_smoothness.py`` (``MotionSmoothness``), ``vbench/imaging_quality.py`` (``technical_quality``).
 - ``pyiqa==0.1.16`` (chaofengc/IQA-PyTorch, PolyForm Noncommercial 1.0.0 plus the S-Lab License 1.0, both
   non-commercial): ``pyiqa/archs/musiq_arch.py`` (``MUSIQ``, a port of google-research/musiq).
 
-The licences allow using the packages in this non-commercial test environment; the AMT and pyiqa licences would
-not allow transcribing their code into an Apache-2.0 repository, so nothing is copied.
+The licences allow using the packages in this non-commercial research test environment (whoever runs the suite
+commercially must check them); the non-commercial AMT and pyiqa licences would not allow transcribing their code
+into this Apache-2.0 repository, so nothing is copied.
 
 How they are imported (:func:`official_modules`): the top-level ``__init__`` files of ``vbench``, ``pyiqa``,
 ``pyiqa.archs``, ``pyiqa.utils`` and ``pyiqa.data`` import the whole toolkits (decord, CLIP, timm, …) and are

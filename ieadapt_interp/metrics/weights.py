@@ -9,6 +9,8 @@ Search order for a metric's weights:
    for single files.
 
 When nothing is found, :class:`MissingWeightsError` names the file to obtain and where to put it.
+:func:`load_strict` then builds the network and loads the file with ``strict=True`` (one cached loader for every
+re-implemented network).
 """
 
 from __future__ import annotations
@@ -173,9 +175,10 @@ def load_strict(
 
     Example:
         >>> import tempfile
-        >>> path = str(Path(tempfile.mkdtemp()) / "linear.pth")
-        >>> torch.save({"state_dict": nn.Linear(2, 1).state_dict()}, path)
-        >>> model = load_strict(functools.partial(nn.Linear, 2, 1), path, unwrap=lambda c: c["state_dict"])
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = str(Path(folder) / "linear.pth")
+        ...     torch.save({"state_dict": nn.Linear(2, 1).state_dict()}, path)
+        ...     model = load_strict(functools.partial(nn.Linear, 2, 1), path, unwrap=lambda c: c["state_dict"])
         >>> model.training, model.weight.requires_grad
         (False, False)
     """
