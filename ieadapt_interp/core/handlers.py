@@ -175,13 +175,24 @@ ENERGY_BINS: tuple[float, ...] = (-float("inf"), -ENERGY_TOL, 0.1, 0.2, 0.3, 0.4
                                   1.0 + ENERGY_TOL, float("inf"))
 
 
+_EDGES_CACHE: dict = {}
+
+
+def _bin_edges(edges: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``edges`` as a tensor on ``device``, made once: a fresh host→GPU copy per call would stall the stream."""
+    key = (edges, dtype, str(device))
+    if key not in _EDGES_CACHE:
+        _EDGES_CACHE[key] = torch.tensor(edges, dtype=dtype, device=device)
+    return _EDGES_CACHE[key]
+
+
 def histogram(values: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
     """Counts of ``values [..., n]`` in the bins ``[edges[i], edges[i+1])`` (the last bin closed) → ``[..., bins]``.
 
     >>> histogram(torch.tensor([[0.0, 4.9, 5.0, 100.0]]), (0.0, 5.0, 100.0)).tolist()
     [[2.0, 2.0]]
     """
-    inner = torch.tensor(edges[1:-1], dtype=values.dtype, device=values.device)
+    inner = _bin_edges(tuple(edges[1:-1]), values.dtype, values.device)
     idx = torch.bucketize(values.contiguous(), inner, right=True)
     counts = torch.zeros(*values.shape[:-1], len(edges) - 1, dtype=torch.float32, device=values.device)
     return counts.scatter_add_(-1, idx, torch.ones_like(idx, dtype=torch.float32))
