@@ -1,16 +1,20 @@
-"""Microbenchmark: plain SDPA vs the fused flash-attention + entropy kernel vs a naive two-pass
-(SDPA + chunked fp32 logsumexp entropy), at the shapes AnimateDiff and CogVideoX-5B produce.
+"""Microbenchmark: flash SDPA (output only) vs the fused flash-attention + entropy kernel, per call, at the shapes
+the supported video models produce (issue 11's table first).
 
-    python benchmarks/bench_kernel.py --out kernel.json
+    python benchmarks/bench_kernel.py --baseline old_flash_entropy.py --out kernel.json [--only a,b] [--reps 10]
 
-Each time is the median of >= --reps CUDA-event-timed calls after warm-up. Inputs are diffusers-style permuted
-views ([B, N, H, D] memory seen as [B, H, N, D]) for all three methods.
+Variants timed in one run: ``before`` (a frozen copy of the previous kernel module, if ``--baseline`` names one),
+``pointer`` (this module forced onto its pointer kernel, ``IEADAPT_KERNEL=pointer``) and ``fused`` (this module's
+default: the TMA kernel on Hopper). Each time is the median of >= --reps CUDA-event-timed calls after warm-up.
+Inputs are diffusers-style permuted views ([B, N, H, D] memory seen as [B, H, N, D]). Each variant's output is
+compared with SDPA and its entropy with a chunked fp32-softmax reference on the first CHECK_ROWS query rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -18,17 +22,30 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ieadapt_interp.core.kernels import attention_entropy_reference, flash_attention_with_entropy, fused_available
+from ieadapt_interp.core.kernels import (
+    attention_entropy_reference,
+    flash_attention_with_entropy,
+    fused_available,
+)
 
 SHAPES = [
-    # name, B, H, N, D, dtype
+    # name, B, H, N, D, dtype  (issue 11's per-call table first; B = the batch one attention call sees)
     ("animatediff_spatial_64x64", 32, 8, 4096, 40, torch.float16),
+    ("cogvideox5b_joint", 2, 48, 17776, 64, torch.bfloat16),
+    ("wan13b_480p_81f", 1, 12, 32760, 128, torch.bfloat16),
+    ("wan14b_720p_81f", 1, 40, 75600, 128, torch.bfloat16),
+    ("hunyuan_720p_129f", 1, 24, 119056, 128, torch.bfloat16),
+    ("ltx_768x512_121f", 2, 32, 6144, 64, torch.bfloat16),
     ("animatediff_spatial_32x32", 32, 8, 1024, 80, torch.float16),
     ("animatediff_spatial_16x16", 32, 8, 256, 160, torch.float16),
     ("animatediff_spatial_8x8", 32, 8, 64, 160, torch.float16),
     ("animatediff_temporal", 2 * 64 * 64, 8, 16, 40, torch.float16),
-    ("cogvideox5b_joint", 2, 48, 17776, 64, torch.bfloat16),
+    ("d72_8k", 2, 16, 8192, 72, torch.bfloat16),
+    ("d96_8k", 2, 16, 8192, 96, torch.bfloat16),
 ]
+
+#: Query rows checked against the fp32 reference entropy (all rows on small shapes).
+CHECK_ROWS = 512
 
 
 def time_ms(fn, reps: int, min_total_ms: float = 200.0) -> float:
@@ -62,7 +79,47 @@ def sdpa_backend_ms(q, k, v, backend, reps):
         return None
 
 
-def bench_shape(name, B, H, N, D, dtype, reps, backends=True) -> dict:
+def load_baseline(path: str):
+    """The kernel module as it was before (a frozen copy of ``flash_entropy.py``), for before/after in one run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flash_entropy_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.flash_attention_with_entropy
+
+
+def fused_variants(baseline: str | None) -> dict:
+    """name -> callable(q, k, v): the kernel before (if given), this one forced onto the pointer path, this one."""
+    variants = {}
+    if baseline:
+        variants["before"] = load_baseline(baseline)
+
+    def pointer(q, k, v):
+        os.environ["IEADAPT_KERNEL"] = "pointer"
+        try:
+            return flash_attention_with_entropy(q, k, v)
+        finally:
+            os.environ.pop("IEADAPT_KERNEL", None)
+
+    variants["pointer"] = pointer
+    variants["fused"] = flash_attention_with_entropy
+    return variants
+
+
+def check_errors(fn, q, k, v) -> dict:
+    """Output vs SDPA (max abs), entropy vs the chunked fp32-softmax reference (max relative) on the first
+    CHECK_ROWS query rows (every key)."""
+    out, ent = fn(q, k, v)
+    torch.cuda.synchronize()
+    rows = min(CHECK_ROWS, q.shape[2])
+    ref_out, ref_ent = attention_entropy_reference(q[:, :, :rows], k, v)
+    return {"max_abs_err_out": (out[:, :, :rows].float() - ref_out.float()).abs().max().item(),
+            "max_rel_err_entropy": ((ent[:, :, :rows] - ref_ent).abs() / ref_ent.abs().clamp_min(1e-3)).max().item(),
+            "finite": bool(torch.isfinite(out).all() and torch.isfinite(ent).all())}
+
+
+def bench_shape(name, B, H, N, D, dtype, reps, variants, backends=True) -> dict:
     from torch.nn.attention import SDPBackend
 
     dev = torch.device("cuda")
@@ -70,43 +127,24 @@ def bench_shape(name, B, H, N, D, dtype, reps, backends=True) -> dict:
     qkv = torch.randn(B, N, 3, H, D, device=dev, dtype=dtype, generator=g)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, N, D] views, as diffusers passes
     assert fused_available(q, k, v)
-    t_first = time.perf_counter()
-    out_f, ent_f = flash_attention_with_entropy(q, k, v)  # autotune / compile
-    torch.cuda.synchronize()
-    t_first = time.perf_counter() - t_first
-    out_n, ent_n = attention_entropy_reference(q, k, v)
-    err_out = (out_f.float() - out_n.float()).abs().max().item()
-    err_ent = ((ent_f - ent_n).abs() / ent_n.abs().clamp_min(1e-3)).max().item()
-    del out_f, ent_f, out_n, ent_n
-
-    t_sdpa = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), reps)
-    t_fused = time_ms(lambda: flash_attention_with_entropy(q, k, v), reps)
-    t_naive = time_ms(lambda: attention_entropy_reference(q, k, v), reps, min_total_ms=0)
     flops = 4 * B * H * N * N * D
-    row = {
-        "name": name,
-        "B": B,
-        "H": H,
-        "N": N,
-        "D": D,
-        "dtype": str(dtype).replace("torch.", ""),
-        "sdpa_ms": t_sdpa,
-        "fused_ms": t_fused,
-        "two_pass_ms": t_naive,
-        "fused_over_sdpa": t_fused / t_sdpa,
-        "two_pass_over_sdpa": t_naive / t_sdpa,
-        "fused_tflops": flops / (t_fused * 1e-3) / 1e12,
-        "sdpa_tflops": flops / (t_sdpa * 1e-3) / 1e12,
-        "first_call_s": t_first,
-        "max_abs_err_out": err_out,
-        "max_rel_err_entropy": err_ent,
-    }
+    row = {"name": name, "B": B, "H": H, "N": N, "D": D, "dtype": str(dtype).replace("torch.", "")}
+    row["sdpa_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), reps)
+    row["sdpa_tflops"] = flops / (row["sdpa_ms"] * 1e-3) / 1e12
+    for label, fn in variants.items():
+        try:
+            t_first = time.perf_counter()
+            errs = check_errors(fn, q, k, v)  # first call: compile / autotune
+            row[f"{label}_first_call_s"] = time.perf_counter() - t_first
+            row.update({f"{label}_{key}": val for key, val in errs.items()})
+            row[f"{label}_ms"] = time_ms(lambda fn=fn: fn(q, k, v), reps)
+            row[f"{label}_over_sdpa"] = row[f"{label}_ms"] / row["sdpa_ms"]
+            row[f"{label}_tflops"] = flops / (row[f"{label}_ms"] * 1e-3) / 1e12
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the table
+            row[f"{label}_error"] = repr(exc)[:300]
+        torch.cuda.empty_cache()
     if backends:
-        for label, be in (
-            ("flash", SDPBackend.FLASH_ATTENTION),
-            ("cudnn", SDPBackend.CUDNN_ATTENTION),
-            ("efficient", SDPBackend.EFFICIENT_ATTENTION),
-        ):
+        for label, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
             row[f"sdpa_{label}_ms"] = sdpa_backend_ms(q, k, v, be, reps)
     return row
 
@@ -116,6 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write results as JSON here")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--only", default=None, help="comma-separated shape names")
+    ap.add_argument("--baseline", default=None, help="a frozen copy of the previous flash_entropy.py to time too")
     ap.add_argument(
         "--no-backends", action="store_true", help="skip timing SDPA's flash/cuDNN backends separately"
     )
@@ -123,34 +162,31 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark", file=sys.stderr)
         return 1
-    rows = []
-    for name, B, H, N, D, dtype in SHAPES:
-        if args.only and name not in args.only.split(","):
-            continue
-        row = bench_shape(name, B, H, N, D, dtype, args.reps, backends=not args.no_backends)
-        rows.append(row)
-        torch.cuda.empty_cache()
-        print(
-            f"{name:28s} B={B:5d} H={H:2d} N={N:5d} D={D:3d} {row['dtype']:8s} sdpa {row['sdpa_ms']:8.3f} ms  "
-            f"fused {row['fused_ms']:8.3f} ms ({row['fused_over_sdpa']:.2f}x)  two-pass {row['two_pass_ms']:8.3f} ms "
-            f"({row['two_pass_over_sdpa']:.2f}x)  [flash {row.get('sdpa_flash_ms')}, cudnn {row.get('sdpa_cudnn_ms')}, "
-            f"eff {row.get('sdpa_efficient_ms')}]  err out {row['max_abs_err_out']:.1e} "
-            f"ent {row['max_rel_err_entropy']:.1e}  first call {row['first_call_s']:.1f}s",
-            flush=True,
-        )
-
+    variants = fused_variants(args.baseline)
     meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
         "timing": f"median of >= {args.reps} CUDA-event-timed calls after 4 warm-ups",
+        "variants": list(variants),
     }
-    print(f"\n{'shape':28s} {'sdpa ms':>9s} {'fused ms':>9s} {'ratio':>6s} {'2pass ms':>9s} {'ratio':>6s}")
+    rows = []
+    for name, B, H, N, D, dtype in SHAPES:
+        if args.only and name not in args.only.split(","):
+            continue
+        row = bench_shape(name, B, H, N, D, dtype, args.reps, variants, backends=not args.no_backends)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"meta": meta, "results": rows}, f, indent=2)
+    head = f"{'shape':28s} {'sdpa ms':>9s}" + "".join(f" {v + ' ms':>11s} {'ratio':>6s}" for v in variants)
+    print("\n" + head)
     for r in rows:
-        print(
-            f"{r['name']:28s} {r['sdpa_ms']:9.3f} {r['fused_ms']:9.3f} {r['fused_over_sdpa']:6.2f} "
-            f"{r['two_pass_ms']:9.3f} {r['two_pass_over_sdpa']:6.2f}"
-        )
+        cells = "".join(f" {r.get(v + '_ms', float('nan')):11.3f} {r.get(v + '_over_sdpa', float('nan')):6.2f}"
+                        for v in variants)
+        print(f"{r['name']:28s} {r['sdpa_ms']:9.3f}" + cells)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "results": rows}, f, indent=2)

@@ -2,10 +2,11 @@
 
 Real-scale random weights (no downloads): AnimateDiff = SD 1.5 UNet config + motion adapter v1-5-3
 config (no mid-block motion module), fp16, 512×512, 16 frames; CogVideoX-5B config, bf16, 49 frames,
-480×720 (sequence 17 776 with text). Prints and writes JSON: ms/step (median), traced/plain ratio,
+480×720 (sequence 17 776 with text); Wan 2.1-1.3B config, bf16, 81 frames 480×832 (32 760 tokens, two batch-1
+forwards per CFG step) and Wan 2.1-14B config, 720p (75 600 tokens, one forward). Prints and writes JSON: ms/step (median), traced/plain ratio,
 peak memory.
 
-    python benchmarks/bench_trace.py --out results.json [--models animatediff cogvideox] [--reps 10]
+    python benchmarks/bench_trace.py --out results.json [--models animatediff cogvideox wan13b wan14b] [--reps 10]
 """
 
 from __future__ import annotations
@@ -53,14 +54,52 @@ def cogvideox_case(device: str):
     sample = torch.randn(2, 13, 16, 60, 90, device=device, dtype=torch.bfloat16)
     text = torch.randn(2, 226, 4096, device=device, dtype=torch.bfloat16)
     t = torch.tensor([500, 500], device=device)
-    run = lambda: model(hidden_states=sample, encoder_hidden_states=text, timestep=t,  # noqa: E731
+    run = lambda: model(hidden_states=sample, encoder_hidden_states=text, timestep=t,
                         image_rotary_emb=rope).sample
     return SimpleNamespace(transformer=model), run
 
 
-def _time(fn, reps: int) -> tuple[float, float]:
+def _wan_case(device: str, heads: int, ffn: int, layers: int, height: int, width: int, forwards: int):
+    """Wan 2.1 T2V transformer at real size, bf16, 81 frames (21 latent frames); one CFG step = ``forwards``
+    batch-1 forwards (WanPipeline runs the conditional and unconditional branches as separate calls)."""
+    from diffusers import WanTransformer3DModel
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # build the weights in bf16 directly (no fp32 copy of a 14B model)
+    try:
+        model = WanTransformer3DModel(num_attention_heads=heads, attention_head_dim=128, ffn_dim=ffn,
+                                      num_layers=layers).to(device, torch.bfloat16).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+    sample = torch.randn(1, 16, 21, height // 8, width // 8, device=device, dtype=torch.bfloat16)
+    texts = [torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16) for _ in range(forwards)]
+    t = torch.tensor([500], device=device)
+
+    def run():
+        return [model(hidden_states=sample, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+                for text in texts]
+
+    return SimpleNamespace(transformer=model, transformer_2=None), run
+
+
+def wan13b_case(device: str):
+    """Wan 2.1-1.3B: 12 heads × 128, 30 layers, 480×832 → 32 760 video tokens; one CFG step (2 forwards)."""
+    return _wan_case(device, 12, 8960, 30, 480, 832, forwards=2)
+
+
+def wan14b_case(device: str):
+    """Wan 2.1-14B: 40 heads × 128, 40 layers, 720×1280 → 75 600 video tokens; ONE forward (half a CFG step:
+    the other forward is the same computation, so the traced/plain ratio is the step's)."""
+    return _wan_case(device, 40, 13824, 40, 720, 1280, forwards=1)
+
+
+CASES = {"animatediff": animatediff_case, "cogvideox": cogvideox_case, "wan13b": wan13b_case,
+         "wan14b": wan14b_case}
+
+
+def _time(fn, reps: int, warmup: int = 2) -> tuple[float, float]:
     torch.cuda.synchronize()
-    for _ in range(2):
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -73,18 +112,18 @@ def _time(fn, reps: int) -> tuple[float, float]:
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
 
 
-def bench(name: str, reps: int) -> dict:
+def bench(name: str, reps: int, warmup: int = 2) -> dict:
     from ieadapt_interp import attention_layers
     from ieadapt_interp.core.interception import Interception
 
     with torch.device("cuda"):  # initialise the random weights on the GPU (fast)
-        pipe_like, step = {"animatediff": animatediff_case, "cogvideox": cogvideox_case}[name]("cuda")
+        pipe_like, step = CASES[name]("cuda")
     self_attention = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
     with torch.no_grad():
-        plain_ms, plain_gib = _time(step, reps)
+        plain_ms, plain_gib = _time(step, reps, warmup)
         ic = Interception(pipe_like, capture=self_attention, record_branches=("all",))
         with ic:
-            traced_ms, traced_gib = _time(step, reps)
+            traced_ms, traced_gib = _time(step, reps, warmup)
         ic.stats_calls.clear()
         with ic:
             step()
@@ -100,8 +139,11 @@ def bench(name: str, reps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=["animatediff", "cogvideox"])
+    parser.add_argument("--models", nargs="*", default=["animatediff", "cogvideox", "wan13b", "wan14b"],
+                        choices=sorted(CASES))
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps-big", type=int, default=3, help="reps for wan14b (one forward takes seconds)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     import diffusers
@@ -110,10 +152,18 @@ def main() -> None:
     info = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "triton": triton.__version__, "diffusers": diffusers.__version__}
     print(json.dumps(info), flush=True)
-    results = [bench(name, args.reps) for name in args.models]
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"info": info, "results": results}, fh, indent=1)
+    results = []
+    for name in args.models:
+        big = name == "wan14b"
+        try:
+            results.append(bench(name, args.reps_big if big else args.reps, 1 if big else args.warmup))
+        except Exception as exc:  # noqa: BLE001 - record and go on to the next model
+            results.append({"model": name, "error": repr(exc)[:500]})
+            print(json.dumps(results[-1]), flush=True)
+            torch.cuda.empty_cache()
+        if args.out:  # written after every model: a run stopped at its limit keeps what finished
+            with open(args.out, "w") as fh:
+                json.dump({"info": info, "results": results}, fh, indent=1)
 
 
 if __name__ == "__main__":

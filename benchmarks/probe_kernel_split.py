@@ -15,16 +15,20 @@ import json
 import subprocess
 import sys
 
-SHAPES = [(32, 8, 4096, 4096, 40), (2, 8, 1000, 1000, 40), (8192, 8, 16, 16, 40)]
+#: head dim 40 = 32 + 16 with the second slab masked (cols 40..47); 48 = 32 + 16 with no mask at all
+SHAPES = [(4, 8, 2000, 2000, 40), (4, 8, 2000, 2000, 48)]  # both big enough for the autotuned launch path
 
 
 def run_one(shape, da, db, bm, bn, warps, stages) -> dict:
+    import os
+
     import torch
     import torch.nn.functional as F
-
     from bench_trace import _time
+
     from ieadapt_interp.core.kernels import flash_entropy as fe
 
+    os.environ["IEADAPT_KERNEL"] = "pointer"  # the probe is about the pointer kernel's slabs, not the TMA path
     cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
     fe._split_head_dim = lambda d: (da, db)
     fe._pick_config = lambda *a, **k: dict(cfg)
@@ -32,8 +36,16 @@ def run_one(shape, da, db, bm, bn, warps, stages) -> dict:
     class Fixed:  # stands in for the autotuned kernels: one fixed config
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                return fe._fwd_kernel[grid(cfg)](*args, **kwargs, **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N")},
-                                                 num_warps=warps, num_stages=stages)
+                compiled = fe._fwd_kernel[grid(cfg)](*args, **kwargs,
+                                                     **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N")},
+                                                     num_warps=warps, num_stages=stages)
+                asm_dir = os.environ.get("PROBE_ASM_DIR")
+                if asm_dir and compiled is not None:  # keep the IR of this launch (written before any sync)
+                    tag = f"d{shape[4]}_{da}+{db}_m{bm}n{bn}w{warps}s{stages}"
+                    for kind in ("ttgir", "ptx"):
+                        with open(os.path.join(asm_dir, f"{tag}.{kind}"), "w") as fh:
+                            fh.write(compiled.asm.get(kind, ""))
+                return compiled
             return launch
 
     fe._fwd_tuned = fe._fwd_tuned_two_slab = Fixed()
@@ -54,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--dims", default=None, help="comma-separated head dims to probe (default: all)")
+    parser.add_argument("--block-n", type=int, default=None, help="probe only this BLOCK_N")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(*json.loads(args.one))))
@@ -67,8 +81,10 @@ def main() -> None:
         for da, db, bm, bn, warps, stages in grid:
             if shape[2] <= 64 and bm > 64:
                 continue
+            if (args.dims and str(shape[4]) not in args.dims.split(",")) or (args.block_n and bn != args.block_n):
+                continue
             spec = [list(shape), da, db, bm, bn, warps, stages]
-            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
+            proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, check=False,
                                   text=True, timeout=300)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             row = {"shape": shape, "DA": da, "DB": db, "BLOCK_M": bm, "BLOCK_N": bn, "warps": warps,

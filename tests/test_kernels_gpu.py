@@ -202,6 +202,54 @@ def test_scale_and_extremes():
     check(out, ent, q, k, v, scale=100.0)
 
 
+HEAD_DIMS = [40, 64, 72, 80, 96, 128]
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["default", "pointer"])
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_head_dims(head_dim, dtype, path, monkeypatch):
+    """Every head dim the supported models use (AnimateDiff 40/80/160, CogVideoX/LTX 64, Wan/HunyuanVideo 128,
+    72 and 96 for other configs), both dtypes, on the default path (TMA on Hopper) and the pointer kernel; query
+    and key counts that are not multiples of any block size, diffusers-style strided views."""
+    from ieadapt_interp.core.kernels import flash_entropy
+
+    if path == "pointer":
+        monkeypatch.setenv("IEADAPT_KERNEL", "pointer")
+    q, k, v = make_qkv(2, 3, 300, 333, head_dim, dtype, "cuda", contiguous=False, k_mult=2.0, seed=head_dim)
+    out_probe = torch.empty(2, 300, 3, head_dim, device="cuda", dtype=dtype).transpose(1, 2)
+    expect_tma = path == "default" and torch.cuda.get_device_capability()[0] >= 9
+    # the kernel makes v's head dim unit-stride before choosing its path; so does this check
+    assert flash_entropy._tma_ok(q, k, v.contiguous(), out_probe, head_dim**-0.5) == expect_tma
+    with torch.no_grad():
+        out, ent = flash_attention_with_entropy(q, k, v)
+    check(out, ent, q, k, v)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("B", "H", "N", "D", "dtype"),
+    [(1, 2, 32760, 128, BF16), (4, 8, 4096, 40, F16)],
+    ids=["wan-like-32760x128-bf16", "animatediff-like-4096x40-f16"],
+)
+def test_long_sequence(B, H, N, D, dtype):
+    """Long sequences (autotuned launch, hundreds of key blocks, a partial last block) against SDPA and the chunked
+    fp32-softmax entropy, on a slice of query rows (every key)."""
+    from ieadapt_interp.core.kernels import attention_entropy_reference
+
+    q, k, v = make_qkv(B, H, N, N, D, dtype, "cuda", contiguous=False, seed=N)
+    with torch.no_grad():
+        out, ent = flash_attention_with_entropy(q, k, v)
+    rows = slice(N - 700, N)  # includes the last (partial) query block
+    ref_out, ref_ent = attention_entropy_reference(q[:, :, rows], k, v)
+    assert torch.isfinite(out).all() and torch.isfinite(ent).all()
+    assert (out[:, :, rows].float() - ref_out.float()).abs().max().item() <= 2e-2
+    assert ((ent[:, :, rows] - ref_ent).abs() / ref_ent).max().item() <= 1e-4
+
+
 if __name__ == "__main__":  # fallback where pytest is not installed (e.g. a bare GPU image)
     test_fused_unavailable_on_cpu_tensors()
     if CUDA:

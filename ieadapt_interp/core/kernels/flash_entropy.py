@@ -15,8 +15,13 @@ Keeping ``t`` relative to the running max makes both terms non-negative, so ther
 with ``alpha = e^{m - m'}``: ``l <- alpha l``, ``t <- alpha (t + l (m - m'))``. Inside the kernel everything is in
 base 2 (``exp2``) and converted to nats at the end.
 
-Head dims that are not a power of two are split into two power-of-two slabs where the second is >= 32 wide
-(96 = 64 + 32, 160 = 128 + 32), else padded to one masked slab (40 -> 64, 80 -> 128); see ``_split_head_dim``.
+Two kernels share that recurrence. On Hopper (compute capability 9), for fp16/bf16 with a head dim that is a multiple
+of 8 up to 128, ``_fwd_kernel_tma`` loads Q/K/V tiles through TMA descriptors over the ``[B, H, N, D]`` views: the head dim is
+padded to a power of two by the copy engine's out-of-bounds zero fill (no head-dim masks) and the score scale is folded
+into one FMA per score. Elsewhere (fp32, other GPUs, odd strides, ``IEADAPT_KERNEL=pointer``, N <= 64) the pointer
+kernel ``_fwd_kernel`` runs: head dims that are not a power of two are split into two power-of-two slabs where the
+second is >= 32 wide (96 = 64 + 32, 160 = 128 + 32), else padded to one masked slab (40 -> 64, 80 -> 128); see
+``_split_head_dim``.
 
 Triton is imported under a guard: importing this module never fails; :func:`fused_available` says whether the
 kernel can run on the given tensors.
@@ -49,9 +54,12 @@ def _split_head_dim(d: int) -> tuple[int, int]:
     """Split head dim ``d`` into power-of-two slabs ``(DA, DB)`` (DB may be 0), each >= 16 for ``tl.dot``.
 
     A second slab is used only when it is at least 32 wide (96 = 64 + 32, 160 = 128 + 32); otherwise ``d`` is
-    padded to one masked power-of-two slab (40 -> 64, 80 -> 128). A masked 16-wide second slab with
-    ``BLOCK_N >= 64`` hit illegal memory accesses on an H200 with triton 3.6 (cause not found), so it is avoided,
-    and two-slab launches use ``BLOCK_N = 32`` only (the combination that was verified there).
+    padded to one masked power-of-two slab (40 -> 64, 80 -> 128). A 16-wide second slab with ``BLOCK_N >= 64``
+    crashes on an H200 with triton 3.6 (illegal address, or wrong output without an error), so it is avoided and
+    two-slab launches use ``BLOCK_N = 32`` only. Cause (benchmarks/RESULTS.md, 2026-12-01): compute-sanitizer
+    memcheck reports 512-byte *shared-memory* reads past the kernel's shared allocation (one 16 x 16 fp16 k-slice
+    of the ``[BLOCK_N, 16]`` operand of a ``warp_group_dot`` with a 32-byte swizzle), and head dim 48 = 32 + 16
+    with no mask at all fails the same way: triton's Hopper wgmma lowering, not this kernel's masks.
     """
     d = int(d)
     da = max(16, 1 << (d.bit_length() - 1))  # largest power of two <= d, at least 16
@@ -72,6 +80,10 @@ try:  # guarded: the module imports (and fused_available answers False) where tr
 except Exception:  # noqa: BLE001 - any failure means "not usable"
     triton = tl = None
     _HAS_TRITON = False
+try:  # host-side TMA descriptors (triton >= 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
+except Exception:  # noqa: BLE001
+    _TensorDescriptor = None
 
 if _HAS_TRITON:
 
@@ -331,6 +343,91 @@ if _HAS_TRITON:
     )(_fwd_kernel)
 
 
+    # ------------------------------------------------------------------------------------------------------------
+    # Hopper path: K/V/Q tiles through the bulk tensor copy engine (TMA descriptors over the [B, H, N, D] views, any
+    # strides that are multiples of 16 bytes). The head dim is padded to a power of two by the copy engine's
+    # out-of-bounds zero fill, so there are no head-dim masks; the output store is clipped the same way. The score
+    # scale is folded into one FMA per score: x = qk * qk_scale - m (qk_scale > 0).
+
+    @triton.jit
+    def _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk, qk_scale,
+                   BLOCK_N: tl.constexpr, DP: tl.constexpr, MASK_N: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, KBIAS):
+        k = k_desc.load([off_b, off_h, start_n, 0]).reshape(BLOCK_N, DP)
+        qk = tl.dot(q, tl.trans(k))
+        if HAS_BIAS:  # key mask / key bias, pre-divided by qk_scale on the host
+            cols = start_n + tl.arange(0, BLOCK_N)
+            kb = tl.load(KBIAS + off_b.to(tl.int64) * Nk + cols, mask=cols < Nk, other=-1.0e30)
+            qk = qk + kb[None, :]
+        elif MASK_N:
+            cols = start_n + tl.arange(0, BLOCK_N)
+            qk = tl.where((cols < Nk)[None, :], qk, -1.0e30)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        x = qk * qk_scale - m_new[:, None]  # <= 0 (up to rounding), log2 units
+        p = tl.math.exp2(x)
+        alpha = tl.math.exp2(m_i - m_new)
+        t_i = alpha * (t_i + l_i * (m_i - m_new)) + tl.sum(p * x, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = v_desc.load([off_b, off_h, start_n, 0]).reshape(BLOCK_N, DP)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        return acc, m_new, l_i, t_i
+
+    @triton.jit
+    def _fwd_kernel_tma(q_desc, k_desc, v_desc, o_desc, ENT, KBIAS, qk_scale, H, Nq, Nk, NQ_BUCKET, NK_BUCKET,
+                        HEAD_DIM: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        HAS_BIAS: tl.constexpr):
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(Nq, BLOCK_M)
+        pid_m = pid % num_m
+        pid_bh = pid // num_m
+        off_b = pid_bh // H
+        off_h = pid_bh % H
+        start_m = pid_m * BLOCK_M
+        q = q_desc.load([off_b, off_h, start_m, 0]).reshape(BLOCK_M, DP)
+        acc = tl.zeros([BLOCK_M, DP], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        t_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        n_full = (Nk // BLOCK_N) * BLOCK_N
+        for start_n in range(0, n_full, BLOCK_N):
+            acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
+                                            qk_scale, BLOCK_N, DP, False, HAS_BIAS, KBIAS)
+        if n_full < Nk:
+            acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, n_full, Nk,
+                                            qk_scale, BLOCK_N, DP, True, HAS_BIAS, KBIAS)
+        inv_l = 1.0 / l_i
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        ent = (tl.math.log2(l_i) - t_i * inv_l) * 0.6931471805599453  # nats
+        tl.store(ENT + pid_bh.to(tl.int64) * Nq + offs_m, ent, mask=offs_m < Nq)
+        o = (acc * inv_l[:, None]).to(q.dtype)
+        o_desc.store([off_b, off_h, start_m, 0], o.reshape(1, 1, BLOCK_M, DP))
+
+    def _tma_pre_hook(nargs):
+        bm, bn, dp = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["DP"]
+        for name, rows in (("q_desc", bm), ("k_desc", bn), ("v_desc", bn), ("o_desc", bm)):
+            if not isinstance(nargs[name], torch.Tensor):
+                nargs[name].block_shape = [1, 1, rows, dp]
+
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages): Hopper-oriented, one warpgroup pair per 128 query rows
+    _TMA_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3),
+                    (64, 128, 4, 3)]
+
+    def _prune_tma(configs, named_args, **kwargs):
+        a = {**named_args, **kwargs}
+        dp, nq = a.get("DP", 64), a.get("Nq", 1 << 16)
+        out = [c for c in configs
+               if not (dp > 128 and (c.kwargs["BLOCK_N"] > 64 or c.kwargs["BLOCK_M"] > 64))
+               and not (nq <= 64 and c.kwargs["BLOCK_M"] > 64)]
+        return out or configs[-2:]
+
+    _fwd_tuned_tma = triton.autotune(
+        configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_tma_pre_hook)
+                 for bm, bn, w, s in _TMA_CONFIGS],
+        key=["HEAD_DIM", "NQ_BUCKET", "NK_BUCKET", "HAS_BIAS"],
+        prune_configs_by={"early_config_prune": _prune_tma},
+    )(_fwd_kernel_tma)
+
+
 def triton_available() -> bool:
     """True when triton imports and the kernels are defined."""
     return _HAS_TRITON
@@ -462,6 +559,9 @@ def flash_attention_with_entropy(
     small = Nq <= 64 and Nk <= 64  # e.g. AnimateDiff temporal attention (N = 16)
     # autotune only where it pays (and compiles once per key); smaller problems take a fixed, sensible config
     big = B * H * Nq * Nk * (DA + DB) >= (1 << 30)
+    if not small and _tma_ok(q, k, v, out, float(scale)):
+        _launch_tma(q, k, v, out, ent, float(scale) * _LOG2E, big and not interpret)
+        return out, ent
     if interpret or small or fp32 or not big:
         cfg = _pick_config(Nq, Nk, DA + DB, two_slab=DB > 0)
         # fp32: few registers to spare with three-pass tf32, so small tiles and no autotuning (it is a fallback)
@@ -489,6 +589,43 @@ def flash_attention_with_entropy(
         tuned = _fwd_tuned_two_slab if DB > 0 else _fwd_tuned
         tuned[grid](*args, HEAD_DIM=D, DA=DA, DB=DB, DOT_PREC=dot_prec)
     return out, ent
+
+
+def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float) -> bool:
+    """Whether the TMA (Hopper) kernel applies: fp16/bf16, head dim a multiple of 8 up to 128, 16-byte aligned strides and
+    bases, a positive scale, compute capability >= 9 (or triton's interpreter), ``IEADAPT_KERNEL`` not ``pointer``."""
+    if _TensorDescriptor is None or os.environ.get("IEADAPT_KERNEL", "") == "pointer":
+        return False
+    if q.dtype not in (torch.float16, torch.bfloat16) or scale <= 0 or q.shape[-1] % 8 or q.shape[-1] > 128:
+        return False  # head dims > 128: the pointer kernel's 128 + 32 slabs were faster (0.17 vs 0.26 ms, d = 160)
+    if not _interpret_mode() and torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    return all(t.data_ptr() % 16 == 0 and all(st % 8 == 0 for st in t.stride()[:-1]) for t in (q, k, v, out))
+
+
+def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Tensor | None = None) -> None:
+    """Launch :func:`_fwd_kernel_tma` (autotuned when ``tune``) on ``[B, H, N, D]`` views; fills ``out``, ``ent``."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    DP = max(16, _next_pow2(D))
+
+    def desc(t, rows):
+        return _TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, DP])
+
+    meta = {"HEAD_DIM": D, "DP": DP, "HAS_BIAS": kbias is not None}
+    args = [None, None, None, None, ent, kbias if kbias is not None else ent, qk_scale, H, Nq, Nk,
+            min(_next_pow2(Nq), 1 << 16), min(_next_pow2(Nk), 1 << 16)]
+    if tune:
+        args[:4] = [desc(q, 128), desc(k, 64), desc(v, 64), desc(out, 128)]  # block shapes set by the pre-hook
+        _fwd_tuned_tma[lambda m: (triton_cdiv(Nq, m["BLOCK_M"]) * B * H,)](*args, **meta)
+        return
+    cfg = _pick_config(Nq, Nk, DP)
+    if DP > 128:
+        cfg.update(BLOCK_M=64, BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4)
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    args[:4] = [desc(q, bm), desc(k, bn), desc(v, bn), desc(out, bm)]
+    _fwd_kernel_tma[(triton_cdiv(Nq, bm) * B * H,)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
+                                                     num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 def triton_cdiv(a: int, b: int) -> int:
