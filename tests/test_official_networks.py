@@ -263,7 +263,7 @@ def gif_video(path, frames: int, height: int, width: int, seed: int) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="metrics.vbench.musiq_frames rounds the resized frames to uint8 (resize_as_uint8); VBench resizes the "
-    "float frames of load_video and feeds them to MUSIQ unrounded (differences up to about 1/255)",
+    "float frames of load_video and feeds them to MUSIQ unrounded (pixel differences up to 0.5/255)",
 )
 def test_musiq_preprocessing_equals_vbench_transform(official, tmp_path):
     # 2 frames of 40 × 600: VBench's 'longer' preprocessing resizes them to 34 × 512 before MUSIQ
