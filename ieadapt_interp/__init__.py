@@ -49,6 +49,10 @@ def __getattr__(name: str):
         from .methods.traced_model import traced
 
         return traced
+    if name == "IEAdaptGuidance":  # imports diffusers.guiders only when asked for
+        from .methods.guider import IEAdaptGuidance
+
+        return IEAdaptGuidance
     raise AttributeError(f"module 'ieadapt_interp' has no attribute {name!r}")
 
 __all__ = [
@@ -60,4 +64,5 @@ __all__ = [
     "show_versions", "sweep", "tiny_pipeline", "trace", "traced", "uniform", "video",
 ]
 __all__ += ["Guidance", "PAIRS", "Registry", "calibrate", "guide", "guiding", "linear_schedule"]
+__all__ += ["IEAdaptGuidance"]
 __all__ += ["Edit", "EditResult", "Inversion", "edit", "invert"]
