@@ -604,7 +604,13 @@ def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
 
 
 def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Tensor | None = None) -> None:
-    """Launch :func:`_fwd_kernel_tma` (autotuned when ``tune``) on ``[B, H, N, D]`` views; fills ``out``, ``ent``."""
+    """Launch :func:`_fwd_kernel_tma` (autotuned when ``tune``) on ``[B, H, N, D]`` views; fills ``out``, ``ent``.
+
+    ``kbias`` (optional, ``[B, Nk]`` fp32, contiguous): a per-key score bias in the kernel's units, i.e. the natural
+    bias divided by the score scale (``-1e30 / qk_scale`` masks a key). Not used by
+    :func:`flash_attention_with_entropy` yet (key-padding masks such as HunyuanVideo's still take the non-fused
+    path); checked under triton's interpreter only (tests/test_kernels_gpu.py).
+    """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     DP = max(16, _next_pow2(D))
