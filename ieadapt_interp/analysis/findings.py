@@ -306,11 +306,16 @@ def _needs_table(ev: Evidence, kind: str, *metrics: str) -> str:
     return f"the sweep lacks metric(s) {lacking}" if lacking else ""
 
 
-def _middle_layers(table: xr.Dataset, kind: str, indices: pd.Index) -> list[int]:
-    """Layers of ``kind`` in the ``mid`` block (the U-Net bottleneck), else the median index."""
+def _middle_layers(table: xr.Dataset, kind: str, indices: pd.Index) -> list[int] | str:
+    """Perturbed layers of ``kind`` in the ``mid`` block (the U-Net bottleneck), else the middle one of ≥ 3
+    perturbed layers; a reason (str) when the sweep has no such layer."""
     sel = table.isel(perturbation=np.asarray((table["kind"] == kind) & (table["index"] >= 0)))
     mid = sorted({int(i) for i, b in zip(sel["index"].values, sel["block"].values) if b == "mid"})
-    return mid or [int(np.median(indices))]
+    if mid:
+        return [i for i in mid if i in indices] or f"the mid-block {kind} layer(s) {mid} were not perturbed"
+    if len(indices) < 3:
+        return f"only {len(indices)} {kind} layer(s) perturbed: no middle one (perturb ≥ 3)"
+    return [int(sorted(indices)[len(indices) // 2])]
 
 
 def _drop(table: xr.Dataset, metric: str, kind: str) -> pd.Series:
@@ -336,6 +341,8 @@ def _mid_u_minus_i(ev: Evidence, kind: str) -> Outcome:
     ssim_i = per_layer_change(ev.table, "ssim", kind, "identity")
     ssim_u = per_layer_change(ev.table, "ssim", kind, "uniform")
     mid = _middle_layers(ev.table, kind, ssim_i.index)
+    if isinstance(mid, str):
+        return Outcome(missing=mid)
     if ssim_u[mid].abs().max() == 0 and ssim_i[mid].abs().max() == 0:
         return Outcome(missing=f"neither I nor U at {kind} layer(s) {mid} changes the video")
     effect = float(ssim_u[mid].mean() - ssim_i[mid].mean())
