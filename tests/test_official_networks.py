@@ -28,8 +28,8 @@ the tests hand it ``.gif`` files), ``easydict`` (``compute_dynamic_degree`` only
 Tolerance: none for the networks and the per-pair / per-frame scores: every comparison is exact (``torch.equal`` /
 ``==``) on CPU in float32, as the re-implementations run the same operations in the same order. The one exception
 is ``imaging_quality``'s mean over frames (float32 here, Python floats in VBench): relative 1e-6 (measured 1.2e-7).
-One known difference is recorded as a strict xfail: the frame resizing before MUSIQ
-(:func:`test_musiq_preprocessing_equals_vbench_transform`).
+The frame resizing before MUSIQ (:func:`test_musiq_preprocessing_equals_vbench_transform`) once rounded to
+uint8 where VBench does not; this test found it, and it now matches exactly.
 """
 
 from __future__ import annotations
@@ -260,11 +260,6 @@ def gif_video(path, frames: int, height: int, width: int, seed: int) -> None:
     images[0].save(path, save_all=True, append_images=images[1:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.vbench.musiq_frames rounds the resized frames to uint8 (resize_as_uint8); VBench resizes the "
-    "float frames of load_video and feeds them to MUSIQ unrounded (pixel differences up to 0.5/255)",
-)
 def test_musiq_preprocessing_equals_vbench_transform(official, tmp_path):
     # 2 frames of 40 × 600: VBench's 'longer' preprocessing resizes them to 34 × 512 before MUSIQ
     path = str(tmp_path / "clip.gif")

@@ -26,7 +26,7 @@ from .clip import CLIP_L14, clip_pixels
 from .dino import load_dino
 from .musiq import MUSIQ, musiq_state_dict
 from .raft import MIN_PADDED_SIDE, RAFT_THINGS, load_raft, pad_to_multiple  # noqa: F401  (RAFT_THINGS: registry)
-from .video import check_video, resize_as_uint8, resize_shorter, to_tensor255
+from .video import check_video, resize_shorter, to_tensor255
 from .weights import WeightFile, locate_file, locate_hf_model
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
@@ -144,12 +144,15 @@ def load_musiq(weights: str | os.PathLike | None = None, device: str = "cpu") ->
 
 def musiq_frames(video: np.ndarray, device: str | torch.device, longer_max: int = 512) -> torch.Tensor:
     """VBench's ``imaging_quality`` preprocessing (mode ``'longer'``): if the longer side exceeds 512, bilinear
-    resize (no antialias) so it is 512; scale to [0, 1]. Returns ``(T, 3, H', W')``."""
+    resize (no antialias) of the float frames, unrounded, as torchvision's ``Resize`` does on VBench's float
+    video, so it is 512; scale to [0, 1]. Returns ``(T, 3, H', W')``."""
     frames = to_tensor255(video, device)
     height, width = frames.shape[-2:]
     if max(height, width) > longer_max:
         scale = longer_max / max(height, width)
-        frames = resize_as_uint8(frames, (int(scale * height), int(scale * width)), "bilinear")
+        size = (int(scale * height), int(scale * width))
+        frames = torch.nn.functional.interpolate(frames, size=size, mode="bilinear", align_corners=False,
+                                                 antialias=False)
     return frames / 255.0
 
 
