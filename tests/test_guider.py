@@ -22,7 +22,7 @@ pytest.importorskip("diffusers.modular_pipelines")
 from diffusers.guiders import ClassifierFreeGuidance, PerturbedAttentionGuidance  # noqa: E402
 from diffusers.modular_pipelines.modular_pipeline import BlockState  # noqa: E402
 
-from ieadapt_interp.methods.guider import IEAdaptGuidance, wan_modular_pipeline  # noqa: E402
+from ieadapt_interp.methods.guider import IEAdaptGuidance, modular_pipeline  # noqa: E402
 
 LAYER = "blocks.0.attn1"
 RUN = dict(num_inference_steps=2, height=32, width=32, num_frames=5)
@@ -35,7 +35,7 @@ BATCHED_TOL = dict(rtol=1e-5, atol=1e-5)
 def wan():
     pipe = ia.tiny_pipeline("wan", seed=0)
     embeds = pipe.encode_prompt("a red circle", "", do_classifier_free_guidance=True, max_sequence_length=16)
-    return pipe, wan_modular_pipeline(pipe), embeds
+    return pipe, modular_pipeline(pipe), embeds
 
 
 def _latents(wan, guider):
@@ -114,6 +114,26 @@ def test_batched_equals_separate_forwards_and_ia_guiding(wan):
         classic = pipe(prompt_embeds=pe, negative_prompt_embeds=ne, guidance_scale=5.0, output_type="latent",
                        generator=torch.Generator().manual_seed(0), **RUN).frames
     torch.testing.assert_close(a, classic, **BATCHED_TOL)
+    assert _no_hooks(pipe.transformer)
+
+
+def test_ltx_modular_batched_equals_separate_and_ia_guiding():
+    """LTX-Video's modular loop (guider fields: embeddings and attention masks, packed latents)."""
+    pipe = ia.tiny_pipeline("ltx", seed=0)
+    pe, pm, ne, nm = pipe.encode_prompt("a red circle", "", do_classifier_free_guidance=True, max_sequence_length=16)
+    modular, layer = modular_pipeline(pipe), "transformer_blocks.0.attn1"
+    run = dict(num_inference_steps=2, height=32, width=32, num_frames=9, prompt_embeds=pe, prompt_attention_mask=pm,
+               negative_prompt_embeds=ne, negative_prompt_attention_mask=nm)
+    out = []
+    for batched in (True, False):
+        modular.update_components(guider=IEAdaptGuidance(pos="U", neg="I", layers=layer, guidance_scale=5.0,
+                                                         perturbed_guidance_scale=2.0, batched=batched))
+        out.append(modular(generator=torch.Generator().manual_seed(0), output="latents", **run))
+    torch.testing.assert_close(out[0], out[1], **BATCHED_TOL)
+    with ia.guiding(pipe, ia.Guidance("U", "I", scale=2.0, layers=layer)):
+        packed = pipe(guidance_scale=5.0, output_type="latent", generator=torch.Generator().manual_seed(0),
+                      **run).frames
+    torch.testing.assert_close(out[0], pipe._unpack_latents(packed, 3, 8, 8, 1, 1), **BATCHED_TOL)
     assert _no_hooks(pipe.transformer)
 
 

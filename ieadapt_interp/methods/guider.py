@@ -26,6 +26,8 @@ PAG's default then gives ``ε_skip + s·(ε_A − ε_skip)``, its ``use_original
 Layers are named as in :func:`ieadapt_interp.attention_layers` of the denoiser the loop passes (for a
 Wan 2.2 ``guider_2``: the names inside ``transformer_2``, e.g. ``blocks.0.attn1``).
 
+:func:`modular_pipeline` builds diffusers' Wan 2.1 or LTX-Video modular pipeline from a classic pipeline's parts.
+
 >>> g = IEAdaptGuidance(pos="U", neg="I", layers="blocks.0.attn1", perturbed_guidance_scale=2.0)
 >>> g.num_conditions, g.label
 (4, '(U,I) s=2 w=5')
@@ -381,21 +383,36 @@ def _split(output, n: int, rows: int) -> list:
     return [output] * n
 
 
-def wan_modular_pipeline(pipe, guider: BaseGuidance | None = None):
-    """A diffusers ``WanModularPipeline`` (denoise + decode) holding ``pipe``'s transformer, VAE and scheduler.
+#: The diffusers modular blocks (text-to-video) of each architecture: ``{adapter name: (module, class)}``.
+MODULAR_BLOCKS = {"wan": ("diffusers.modular_pipelines.wan.modular_blocks_wan", "WanBlocks"),
+                  "ltx": ("diffusers.modular_pipelines.ltx.modular_blocks_ltx", "LTXBlocks")}
 
-    The text-encoder step is left out (diffusers 0.42.1's modular Wan encoder needs ``ftfy``): call it with
-    ``prompt_embeds`` / ``negative_prompt_embeds`` from ``pipe.encode_prompt``. ``guider``: its guider
-    (default: diffusers' CFG).
+
+def modular_pipeline(pipe, guider: BaseGuidance | None = None):
+    """diffusers' modular pipeline (denoise + decode) holding ``pipe``'s denoiser, VAE and scheduler.
+
+    For Wan 2.1 (``WanModularPipeline``) and LTX-Video (``LTXModularPipeline``). The text-encoder step is left
+    out (diffusers 0.42.1's modular Wan encoder needs ``ftfy``): call it with the embeddings (and masks) of
+    ``pipe.encode_prompt``. ``guider``: its guider (default: diffusers' CFG).
 
     >>> import ieadapt_interp as ia
-    >>> mp = wan_modular_pipeline(ia.tiny_pipeline("wan"), IEAdaptGuidance(pos="U", neg="I", layers="joint"))
+    >>> mp = modular_pipeline(ia.tiny_pipeline("wan"), IEAdaptGuidance(pos="U", neg="I", layers="joint"))
     >>> type(mp).__name__, type(mp.guider).__name__
     ('WanModularPipeline', 'IEAdaptGuidance')
     """
-    from diffusers.modular_pipelines import WanBlocks
+    import importlib
 
-    blocks = WanBlocks()
+    from ..core.adapters import get_adapter
+    from ..core.errors import IEAdaptNotImplementedError
+
+    adapter = get_adapter(pipe)
+    if adapter.name not in MODULAR_BLOCKS or len(adapter.denoisers(pipe)) > 1:
+        raise IEAdaptNotImplementedError(
+            f"modular_pipeline builds {sorted(MODULAR_BLOCKS)} (one denoiser); got {adapter.name} with "
+            f"{list(adapter.denoisers(pipe))}. Build the modular pipeline with diffusers and pass "
+            "IEAdaptGuidance to update_components(guider=...) (Wan 2.2: one guider per expert, guider_2).")
+    module, name = MODULAR_BLOCKS[adapter.name]
+    blocks = getattr(importlib.import_module(module), name)()
     blocks.sub_blocks.pop("text_encoder")
     modular = blocks.init_pipeline()
     parts = dict(transformer=pipe.transformer, vae=pipe.vae, scheduler=pipe.scheduler)
@@ -405,4 +422,4 @@ def wan_modular_pipeline(pipe, guider: BaseGuidance | None = None):
     return modular
 
 
-__all__ = ["BRANCH_OF", "IEAdaptGuidance", "wan_modular_pipeline"]
+__all__ = ["BRANCH_OF", "IEAdaptGuidance", "MODULAR_BLOCKS", "modular_pipeline"]
