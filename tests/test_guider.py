@@ -150,6 +150,32 @@ def test_ltx_modular_batched_equals_separate_and_ia_guiding():
     assert _no_hooks(pipe.transformer)
 
 
+def test_wan22_one_guider_per_expert():
+    """Wan 2.2's modular loop: ``guider`` on ``transformer`` above the boundary, ``guider_2`` on ``transformer_2``
+    below it, layers named inside each expert; batched = separate forwards."""
+    from diffusers.modular_pipelines.wan.modular_blocks_wan22 import Wan22Blocks
+
+    pipe = ia.tiny_pipeline("wan2.2", seed=0)
+    pe, ne = pipe.encode_prompt("a red circle", "", do_classifier_free_guidance=True, max_sequence_length=16)
+    blocks = Wan22Blocks()
+    blocks.sub_blocks.pop("text_encoder")
+    modular = blocks.init_pipeline()
+    modular.update_components(transformer=pipe.transformer, transformer_2=pipe.transformer_2, vae=pipe.vae,
+                              scheduler=pipe.scheduler, boundary_ratio=0.5)
+    out, guiders = [], []
+    for batched in (True, False):
+        g = [IEAdaptGuidance(pos="U", neg="I", layers=f"blocks.{i}.attn1", guidance_scale=w, batched=batched,
+                             perturbed_guidance_scale=s) for i, w, s in ((0, 5.0, 2.0), (1, 3.0, 1.0))]
+        modular.update_components(guider=g[0], guider_2=g[1])
+        out.append(modular(prompt_embeds=pe, negative_prompt_embeds=ne, generator=torch.Generator().manual_seed(0),
+                           output="latents", num_inference_steps=4, height=32, width=32, num_frames=5))
+        guiders.append(g)
+    assert [g.forwards for g in guiders[0]] == [[(0, 4), (1, 4), (2, 4)], [(3, 4)]]
+    assert [len(g.forwards) for g in guiders[1]] == [12, 4]
+    torch.testing.assert_close(out[0], out[1], **BATCHED_TOL)
+    assert _no_hooks(pipe.transformer) and _no_hooks(pipe.transformer_2)
+
+
 class _MapMode(TorchFunctionMode):
     """SDPA → ``M·V`` with an explicit fp64 map ``M`` (no closed form): the independent reference."""
 

@@ -189,7 +189,7 @@ class IEAdaptGuidance(BaseGuidance):
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.LongTensor) -> None:
         super().set_state(step, num_inference_steps, timestep)
         self._cache = None
-        if step == 0:
+        if self.forwards and step <= self.forwards[-1][0]:  # a new run (guider_2 of Wan 2.2 starts mid-run)
             self.forwards = []
 
     # -- inputs ----------------------------------------------------------------------------------------
