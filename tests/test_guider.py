@@ -262,6 +262,8 @@ def test_U_and_mix_against_explicit_maps_fp64(wan64, batched, w):
     (dict(layers=[3]), "layers= takes"),
     (dict(perturbed_guidance_start=0.6, perturbed_guidance_stop=0.5), "0 ≤ start < stop ≤ 1"),
     (dict(perturbed_guidance_scale=float("nan")), "finite"),
+    (dict(perturbed_guidance_scale=None), "scale must be a number"),
+    (dict(guidance_scale="5"), "guidance_scale"),
 ])
 def test_bad_construction_is_one_clear_error(kwargs, message):
     with pytest.raises(IEAdaptError, match=message.replace("(", r"\(").replace(")", r"\)")):

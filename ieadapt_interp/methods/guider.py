@@ -125,9 +125,8 @@ class IEAdaptGuidance(BaseGuidance):
                  perturbed_guidance_start: float = 0.0, perturbed_guidance_stop: float = 1.0, batched: bool = True,
                  text_rows: bool = False, guidance_rescale: float = 0.0, use_original_formulation: bool = False,
                  start: float = 0.0, stop: float = 1.0, enabled: bool = True):
-        scale = perturbed_guidance_scale
-        self.guidance = Guidance(pos, neg, scale if isinstance(scale, (int, float)) else tuple(scale),
-                                 _layer_spec(layers), text_rows=text_rows)  # validates pos/neg/scale/layers
+        self.guidance = Guidance(pos, neg, perturbed_guidance_scale, _layer_spec(layers),
+                                 text_rows=text_rows)  # validates pos/neg/scale/layers
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
             raise IEAdaptValueError(f"guidance_scale (w) must be a finite number; got {guidance_scale!r}.")
