@@ -1,4 +1,5 @@
-"""Notebook 04 (video editing) executes headless on the tiny model: no errors, videos inline, tables, exports."""
+"""Notebook 04 (video editing) executes headless on the embedded model it names (small settings): no errors,
+videos inline, tables, exports."""
 
 import nbformat
 import pytest
@@ -6,7 +7,7 @@ from notebook_checks import errors
 
 from ieadapt_interp.notebook_runner import NOTEBOOK_DIR, run_notebook
 
-SMALL = dict(model="tiny:animatediff", num_frames=4, num_inference_steps=2, ratios=[0.5, 1.0])
+SMALL = dict(num_frames=4, num_inference_steps=2, ratios=[0.5, 1.0])
 
 
 def test_notebook_04_runs(tmp_path):

@@ -1,4 +1,5 @@
-"""Notebook 03 (quality guidance) executes headless on the tiny model; figures and tables reach the reader."""
+"""Notebook 03 (quality guidance) executes headless on the embedded model it names, with small settings;
+figures and tables reach the reader."""
 
 import nbformat
 import pytest
@@ -6,8 +7,8 @@ import pytest
 import ieadapt_interp as ia
 from ieadapt_interp.notebook_runner import NOTEBOOK_DIR, run_notebook
 
-SMALL = dict(model="tiny:animatediff", prompts=["a red circle moving left on a white background"],
-             calibration_prompts=["a red circle"], num_frames=2, num_inference_steps=1, height=16, width=16,
+SMALL = dict(prompts=["a red circle moving left on a white background"],
+             calibration_prompts=["a red circle"], num_frames=2, num_inference_steps=1, height=32, width=32,
              metrics=["temporal_ssim", "colour_match"], curve_metric="temporal_ssim", scales=[1.0, 2.0],
              curve_pairs=["UI"], n_boot=50)
 
