@@ -9,11 +9,13 @@ IE-Adapt (r = 0.5) of a video: DDIM inversion with entropy capture, then the bat
 
 ``--study``: the honest result on the embedded model. Held-out captions are edited in colour, shape and background
 (``--pairs`` each); sources are generated (seed) or rendered clips (DDIM-inverted; every second one off its usual
-path). Every method runs as one batch per source (IE-Adapt at r = 0.25/0.5/0.65/0.75, all, fixed, MasaCtrl,
-value, P2P, none = the target prompt from the same initial latent), plus a plain generation of the target prompt
-(seed 0). Writes per-edit rows (CSV) and the summary tables (JSON).
+path). Every method runs as one batch per source (IE-Adapt at r = 0.25/0.5/0.65/0.75, and at r = 0.5 with the
+target's unconditional row its own, all, fixed, MasaCtrl, value, P2P, none = the target prompt from the same
+initial latent), plus a plain generation of the target prompt (seed 0). Writes per-edit rows (CSV) and the summary
+tables (JSON), with the inversion's PSNR / SSIM by background. ``--jobs N`` runs N shard processes side by side
+(the embedded model is too small to fill a GPU alone).
 
-    python benchmarks/bench_edit.py --study --out study.json --pairs 20 --device cuda
+    python benchmarks/bench_edit.py --study --out study.json --csv rows.csv --pairs 20 --jobs 6 --device cuda
     python benchmarks/bench_edit.py --bench --out bench.json --cases toy animatediff cogvideox --device cuda
 """
 
@@ -36,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import ieadapt_interp as ia  # noqa: E402
-from ieadapt_interp.methods.editing import Edit, edit_many  # noqa: E402
+from ieadapt_interp.methods.editing import UNCOND, Edit, edit_many  # noqa: E402
 from ieadapt_interp.methods.inversion import invert  # noqa: E402
 
 TOY = dict(num_frames=16, height=64, width=64, num_inference_steps=25, guidance_scale=5.0)
@@ -71,9 +73,18 @@ def edit_pairs(n: int) -> list[tuple[str, str, str]]:
 def study_edits(pipe, target: str) -> list[Edit]:
     names = ia.attention_layers(pipe)
     decoder = [n for n, k in zip(names.name, names.kind) if k in ("spatial", "temporal") and n.startswith("up_blocks")]
-    return [Edit(target, "ieadapt", 0.25), Edit(target, "ieadapt", 0.5), Edit(target, "ieadapt", 0.65),
-            Edit(target, "ieadapt", 0.75), Edit(target, "all"), Edit(target, "fixed", layers=tuple(decoder)),
-            Edit(target, "masactrl"), Edit(target, "value"), Edit(target, "p2p"), Edit(target, "none")]
+    other = [u for u in UNCOND if u != UNCOND[0]][0]  # the non-default unconditional-row rule, for comparison
+    return [Edit(target, "ieadapt", 0.25), Edit(target, "ieadapt", 0.5), Edit(target, "ieadapt", 0.5, uncond=other),
+            Edit(target, "ieadapt", 0.65), Edit(target, "ieadapt", 0.75), Edit(target, "all"),
+            Edit(target, "fixed", layers=tuple(decoder)), Edit(target, "masactrl"), Edit(target, "value"),
+            Edit(target, "p2p"), Edit(target, "none")]
+
+
+def study_label(e: Edit) -> str:
+    """``"ieadapt r=0.5"`` (the ratio always shown), else the edit's own label."""
+    if e.method != "ieadapt":
+        return e.label
+    return " ".join([f"ieadapt r={e.ratio:g}", *([f"uncond={e.uncond}"] if e.uncond != UNCOND[0] else [])])
 
 
 def score(video, reference, source, target) -> dict:
@@ -86,10 +97,15 @@ def score(video, reference, source, target) -> dict:
 
 def study_rows(args) -> list[dict]:
     """Edit the pairs of shard ``args.shard`` of ``args.shards`` → one row per (pair, source kind, method)."""
+    from ieadapt_interp.models.toy import dataset as d
+
     pipe = ia.load_pipeline(device=args.device)
     pairs = edit_pairs(args.pairs)
-    units = [(i, kind) for kind in args.kinds for i in range(len(pairs))
-             if not (kind == "generated" and i < args.generated_from)][args.shard::args.shards]
+    settings = {**TOY, **json.loads(args.settings)}
+    n = args.pairs  # interleaved (pair j of each attribute, each kind) so that a time budget cuts evenly
+    order = [(a * n + j, kind) for j in range(n) for a in range(3) for kind in args.kinds]
+    units = [(i, kind) for i, kind in order if i < len(pairs)
+             and not (kind == "generated" and i < args.generated_from)][args.shard::args.shards]
     rows = []
     start = time.perf_counter()
     for i, kind in units:
@@ -102,26 +118,49 @@ def study_rows(args) -> list[dict]:
             extra = {}
             if kind == "generated":
                 off = False
-                results = edit_many(pipe, i, source, edits, **TOY)
+                results = edit_many(pipe, i, source, edits, **settings)
                 reference = results[0].source_video
                 plain = results[-1].video  # "none": the target prompt from the same noise = a plain generation
             else:
                 off = i % 2 == 1
                 clip = render_clip(source, i, off)
-                inv = invert(pipe, clip, source, num_inference_steps=TOY["num_inference_steps"], capture=True,
+                inv = invert(pipe, clip, source, num_inference_steps=settings["num_inference_steps"], capture=True,
                              num_frames=16, height=64, width=64)
                 extra = {"inversion_psnr": inv.psnr, "inversion_ssim": inv.ssim, "vae_psnr": inv.vae_psnr}
-                results = edit_many(pipe, clip, source, edits, inversion=inv, **TOY)
+                results = edit_many(pipe, clip, source, edits, inversion=inv, **settings)
                 reference = clip
-                plain = ia.generate(pipe, target, seed=0, **TOY).video
-            labelled = [(r.edit.label if r.edit.method != "ieadapt" else f"ieadapt r={r.edit.ratio:g}", r.video)
-                        for r in results] + [("plain generation", plain)]
+                plain = ia.generate(pipe, target, seed=0, **settings).video
+            labelled = [(study_label(r.edit), r.video) for r in results] + [("plain generation", plain)]
             for method, video in labelled:
                 rows.append({"pair": i, "attribute": attribute, "source_kind": kind, "off_path": off,
+                             "background": d.parse_caption(source).background,
                              "source": source, "target": target, "method": method,
                              **score(video, reference, source, target), **extra})
         print(f"shard {args.shard}: pair {i} ({kind}) done at {time.perf_counter() - start:.0f}s", flush=True)
+        if args.csv:  # kept after every source: a shard stopped from outside keeps what it did
+            import pandas as pd
+
+            pd.DataFrame(rows).to_csv(args.csv, index=False)
     return rows
+
+
+def parallel_study(args) -> list[dict]:
+    """``args.jobs`` shard processes of this script side by side → their rows."""
+    import tempfile
+
+    import pandas as pd
+
+    tmp = Path(tempfile.mkdtemp())
+    common = ["--study", "--device", args.device, "--pairs", str(args.pairs), "--budget", str(args.budget),
+              "--kinds", *args.kinds, "--generated-from", str(args.generated_from), "--settings", args.settings,
+              "--shards", str(args.jobs)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
+    procs = [subprocess.Popen([sys.executable, __file__, *common, "--shard", str(k), "--csv", str(tmp / f"{k}.csv"),
+                               "--out", str(tmp / f"{k}.json")], env=env) for k in range(args.jobs)]
+    codes = [p.wait() for p in procs]
+    frames = [pd.read_csv(tmp / f"{k}.csv") for k in range(args.jobs) if (tmp / f"{k}.csv").is_file()]
+    print(f"study: shard exit codes {codes}", flush=True)
+    return pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
 
 
 def summarise(df) -> dict:
@@ -144,6 +183,11 @@ def summarise(df) -> dict:
     if "inversion_psnr" in df and len(rendered):
         inversion.update({k: float(rendered[k].median()) for k in ("inversion_psnr", "inversion_ssim", "vae_psnr")})
         inversion["inversion_psnr_min"] = float(rendered.inversion_psnr.min())
+        if "background" in rendered:
+            inversion["by_background"] = rendered.groupby("background").agg(
+                n=("pair", "size"), psnr_median=("inversion_psnr", "median"), psnr_min=("inversion_psnr", "min"),
+                ssim_median=("inversion_ssim", "median"), vae_psnr_median=("vae_psnr", "median")).round(3) \
+                .to_dict("index")
     counts = df.drop_duplicates(["pair", "source_kind"]).groupby(["source_kind", "attribute"]).size()
     return {"pairs": {f"{k}/{a}": int(n) for (k, a), n in counts.items()}, "tables": tables, "inversion": inversion}
 
@@ -297,6 +341,8 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--kinds", nargs="+", default=["generated", "rendered"], help="study: source kinds")
     p.add_argument("--generated-from", type=int, default=0, help="study: generated sources from this pair index")
+    p.add_argument("--jobs", type=int, default=1, help="study: shard processes run side by side")
+    p.add_argument("--settings", default="{}", help="study: JSON overrides of the sampling settings (a smoke test)")
     p.add_argument("--summarise", nargs="+", metavar="CSV", help="merge study CSVs into the tables")
     p.add_argument("--out")
     p.add_argument("--csv")
@@ -308,10 +354,10 @@ def main() -> None:
     if args.study:
         import pandas as pd
 
-        rows = pd.DataFrame(study_rows(args))
+        rows = pd.DataFrame(study_rows(args) if args.jobs == 1 else parallel_study(args))
         if args.csv:
             rows.to_csv(args.csv, index=False)
-        result["study"] = summarise(rows)
+        result["study"] = {**summarise(rows), "settings": {**TOY, **json.loads(args.settings)}}
     if args.summarise:
         import pandas as pd
 

@@ -78,7 +78,17 @@ def _toy_case(device: str):
     return SimpleNamespace(unet=pipe.unet), lambda: pipe.unet(sample, t, encoder_hidden_states=text).sample
 
 
-def bench_speed(name: str, reps: int, device: str) -> dict:
+def _repeat_rows(factor: int):
+    """A denoiser forward pre-hook that runs every batched tensor argument ``factor`` times (batch × factor)."""
+    def hook(module, args, kwargs):
+        batch = next(x for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor) and x.ndim >= 4).shape[0]
+        grow = lambda x: x.repeat(factor, *([1] * (x.ndim - 1))) if (  # noqa: E731
+            isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] % batch == 0) else x
+        return tuple(grow(a) for a in args), {k: grow(v) for k, v in kwargs.items()}
+    return hook
+
+
+def bench_speed(name: str, reps: int, device: str, factors=(), guidance: bool = True) -> dict:
     from ieadapt_interp import Guidance, attention_layers
     from ieadapt_interp.core.interception import Interception
     from ieadapt_interp.methods.calibration import Registry, TOY_REGISTRY
@@ -100,7 +110,16 @@ def bench_speed(name: str, reps: int, device: str) -> dict:
     result = {"model": name, "device": device, "layer": layer, "reps": reps}
     with torch.no_grad():
         result["plain_ms"], result["plain_peak_gib"] = _time(step, reps, cuda)
-        for pos, neg in (("A", "I"), ("U", "I")):
+        for factor in factors:  # the plain denoiser at batch 2 × factor (rows repeated)
+            model = next(m for m in vars(pipe_like).values() if isinstance(m, torch.nn.Module))
+            handle = model.register_forward_pre_hook(_repeat_rows(factor), with_kwargs=True)
+            try:
+                ms, peak = _time(step, reps, cuda)
+            finally:
+                handle.remove()
+            result[f"batch{2 * factor}_ms"], result[f"batch{2 * factor}_peak_gib"] = ms, peak
+            result[f"batch{2 * factor}_over_batch2"] = ms / result["plain_ms"]
+        for pos, neg in (("A", "I"), ("U", "I")) if guidance else ():
             g = Guidance(pos, neg, scale=2.0, layers=layer)
             key = f"{pos}{neg}"
             with Interception(pipe_like, g.handlers([layer])) as ic, GuidedDenoiser(pipe_like, g, ic, cfg=True) as run:
@@ -186,6 +205,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", default=None)
+    p.add_argument("--batch-factors", type=int, nargs="*", default=[],
+                   help="also time the plain denoiser at batch 2 × each factor (e.g. 2 → batch 4)")
+    p.add_argument("--no-guidance", action="store_true", help="skip the (A,I) / (U,I) timings")
     p = sub.add_parser("calibrate-toy")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None)
@@ -206,7 +228,8 @@ def main() -> None:
             "cuda") else f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__,
             "diffusers": diffusers.__version__}
         print(json.dumps(info), flush=True)
-        results = [bench_speed(name, args.reps, args.device) for name in args.models]
+        results = [bench_speed(name, args.reps, args.device, args.batch_factors, not args.no_guidance)
+                   for name in args.models]
         if args.out:
             Path(args.out).write_text(json.dumps({"info": info, "results": results}, indent=1))
     elif args.command == "calibrate-toy":

@@ -25,22 +25,27 @@ def naive(q, k, v, scale):
 
 
 class Check(AttentionHandler):
-    """Records, per call, the largest deviation of every row's output from its definition (fp64)."""
+    """Records, per call, the largest deviation of every row's output from its definition (fp64).
+
+    The target (sample 1) of each branch takes the source (sample 0) of the same branch, or with
+    ``from_cond=True`` the source's conditional row (an edit batch: the source may run only that row)."""
 
     name = "check"
 
-    def __init__(self, layers, what, branches=None):
-        self.layer_names, self.what, self.branches = set(layers), what, branches
-        self.errors, self.kinds = [], set()
+    def __init__(self, layers, what, branches=None, from_cond=False):
+        self.layer_names, self.what, self.branches, self.from_cond = set(layers), what, branches, from_cond
+        self.errors, self.kinds, self.rows = [], set(), []
 
     def before(self, ctx):  # runs first: the call's own tensors, before the source's are copied in
         self.original = [ctx.query.clone(), ctx.key.clone(), ctx.value.clone()]
 
     def after(self, ctx):
         q, k, v = self.original
+        self.rows.append(list(ctx.rows))
+        index = {label: i for i, label in enumerate(ctx.rows)}
         for branch in {b for b, _ in ctx.rows}:
-            rows = {s: i for i, (b, s) in enumerate(ctx.rows) if b == branch}
-            src, tgt = ctx.elements([rows[0]]), ctx.elements([rows[1]])
+            source = index[("cond", 0)] if self.from_cond else index[(branch, 0)]
+            src, tgt = ctx.elements([source]), ctx.elements([index[(branch, 1)]])
             replaced = self.branches is None or branch in self.branches
             what = self.what if replaced else None
             qt, kt, vt = q[tgt], k[tgt], v[tgt]
@@ -92,6 +97,54 @@ def test_p2p_replaces_cross_attention_maps_in_the_conditional_branch_only(animat
     assert max(check.errors) < TOL
 
 
+@pytest.mark.parametrize("arch, what, uncond", [("animatediff", "qk", "source"), ("animatediff", "kv", "own"),
+                                                 ("cogvideox", "qk", "source"), ("cogvideox", "v", "own")])
+def test_edit_batch_runs_the_source_cond_row_only_and_equals_naive(animatediff, cogvideox, arch, what, uncond):
+    """With the source's trajectory replayed, each denoiser call holds 3 rows (source cond, target uncond and
+    cond); the target's rows take the source's conditional row (``uncond="source"``: both branches; ``"own"``:
+    the conditional one), and the source's CFG output is its conditional one."""
+    from ieadapt_interp.methods.editing import run_batch
+
+    pipe, kw = (animatediff, ANIMATEDIFF_KW) if arch == "animatediff" else (cogvideox, COGVIDEOX_KW)
+    layers = self_attention_names(pipe)
+    cond, uncond_embeds = encode_prompts(pipe, ["a red circle", "a blue square"], True)
+    shape = (1, *ia.get_adapter(pipe).latent_shape(pipe, kw["num_frames"], kw["height"], kw["width"]))
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(shape, generator=g)
+    replay = [torch.randn(shape, generator=g) for _ in range(kw["num_inference_steps"])]
+    branches = None if uncond == "source" else ("cond",)
+    check = Check(layers, what, branches, from_cond=True)
+    spec = AttendFrom(frozenset(layers), source=0, target=1, what=what, branches=branches)
+    final = run_batch(pipe, cond, uncond_embeds, start.repeat(2, *([1] * (start.ndim - 1))), [spec], replay=replay,
+                      handlers=[check], guidance_scale=2.0, **kw)
+    assert {tuple(r) for r in check.rows} == {(("uncond", 1), ("cond", 0), ("cond", 1))}
+    assert check.kinds == ({"spatial", "temporal"} if arch == "animatediff" else {"joint"})
+    assert max(check.errors) < TOL
+    torch.testing.assert_close(final[0].float(), replay[-1][0])   # the source row follows its trajectory
+    assert not [m for m in pipe.components[ia.get_adapter(pipe).denoiser_attr].modules()
+                if m._forward_pre_hooks or m._forward_hooks]
+
+
+def test_source_row_gets_its_conditional_estimate(animatediff):
+    """Inside ``CondSourceRow`` a CFG call [u_src, u_tgt, c_src, c_tgt] runs the last three rows only; the
+    source's unconditional output is its conditional one (its CFG estimate is then ε_cond)."""
+    from ieadapt_interp.methods.editing import CondSourceRow
+
+    cond, uncond = encode_prompts(animatediff, ["a red circle", "a blue square"], True)
+    shape = (1, *ia.get_adapter(animatediff).latent_shape(animatediff, 4, 16, 16))
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0)).repeat(4, 1, 1, 1, 1)
+    text, t = torch.cat([uncond, cond]).repeat_interleave(4, 0), torch.tensor(500)   # one text row per frame
+    with torch.no_grad():
+        with ia.Interception(animatediff, [], embeddings={"cond": cond, "uncond": uncond}) as icp, \
+                CondSourceRow(animatediff, icp, 2):
+            out = animatediff.unet(z, t, encoder_hidden_states=text).sample
+            rows = list(icp.state.rows)
+        ref = animatediff.unet(z[1:], t, encoder_hidden_states=text[4:]).sample
+    assert rows == [("uncond", 1), ("cond", 0), ("cond", 1)]
+    torch.testing.assert_close(out[1:], ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[0], out[2], rtol=0, atol=0)
+
+
 def test_selection_is_the_lowest_entropy_self_attention_layers(animatediff):
     run = ia.generate(animatediff, "a red circle", capture=self_attention_names(animatediff), **ANIMATEDIFF_KW)
     table = selection_table(animatediff, run.stats, 0.25)
@@ -122,10 +175,10 @@ def test_each_method_acts_on_its_own_layers(animatediff):
 
 
 def test_same_prompt_edit_returns_the_source(animatediff):
-    out = ia.edit(animatediff, 3, "a red circle", "a red circle", **ANIMATEDIFF_KW)
+    out = ia.edit(animatediff, 3, "a red circle", "a red circle", uncond="own", **ANIMATEDIFF_KW)
     np.testing.assert_array_equal(out.video, out.source_video)
     plain = ia.generate(animatediff, "a red circle", seed=3, guidance_scale=7.5, **ANIMATEDIFF_KW).video
-    assert np.abs(out.source_video.astype(int) - plain).max() <= 1   # the generated source, batched with targets
+    assert np.abs(out.source_video.astype(int) - plain).max() <= 1   # the generated source (its traced run)
 
 
 def test_zero_mask_keeps_the_source_and_full_mask_changes_nothing(animatediff):
@@ -138,16 +191,39 @@ def test_zero_mask_keeps_the_source_and_full_mask_changes_nothing(animatediff):
     np.testing.assert_array_equal(free.video, plain.video)
 
 
-def test_step_range_limits_the_replacement(animatediff):
-    kw = dict(ANIMATEDIFF_KW)                 # 2 denoising steps
-    none = ia.edit(animatediff, 0, "a red circle", "a blue square", method="none", **kw)
-    every = ia.edit(animatediff, 0, "a red circle", "a blue square", method="all", **kw)
+class Copied(AttentionHandler):
+    """Records ``(step, branch)`` of every call in which the target's key is the source's (cond) key."""
+
+    name = "copied"
+
+    def __init__(self, layers):
+        self.layer_names, self.seen = set(layers), set()
+
+    def after(self, ctx):  # runs after the replacement copied the source's tensors in
+        index = {label: i for i, label in enumerate(ctx.rows)}
+        for (branch, sample), i in index.items():
+            if sample == 1 and torch.equal(ctx.key[ctx.elements([i])], ctx.key[ctx.elements([index[("cond", 0)]])]):
+                self.seen.add((ctx.step, branch))
+
+
+@pytest.mark.parametrize("uncond", ["source", "own"])
+def test_step_range_limits_the_replacement(animatediff, uncond):
+    from ieadapt_interp.methods.editing import run_batch
+
+    kw = dict(ANIMATEDIFF_KW, num_inference_steps=3)
+    cond, uncond_embeds = encode_prompts(animatediff, ["a red circle", "a blue square"], True)
+    shape = (2, *ia.get_adapter(animatediff).latent_shape(animatediff, kw["num_frames"], kw["height"], kw["width"]))
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))   # rows differ: keys differ
+    layers = self_attention_names(animatediff)
+    copied = Copied(layers)
+    spec = AttendFrom(frozenset(layers), 0, 1, steps=(1, 2), branches=None if uncond == "source" else ("cond",))
+    run_batch(animatediff, cond, uncond_embeds, latents, [spec], handlers=[copied], guidance_scale=7.5, **kw)
+    assert copied.seen == ({(1, "uncond"), (1, "cond")} if uncond == "source" else {(1, "cond")})
+    every = ia.edit(animatediff, 0, "a red circle", "a blue square", method="all", **ANIMATEDIFF_KW)
     np.testing.assert_array_equal(every.video, ia.edit(animatediff, 0, "a red circle", "a blue square",
-                                                       method="all", steps=(0, 2), **kw).video)
-    first = ia.edit(animatediff, 0, "a red circle", "a blue square", method="all", steps=(0, 1), **kw)
-    assert not np.array_equal(first.video, none.video) and not np.array_equal(first.video, every.video)
+                                                       method="all", steps=(0, 2), **ANIMATEDIFF_KW).video)
     with pytest.raises(IEAdaptError, match="reaches past"):
-        ia.edit(animatediff, 0, "a red circle", "a blue square", method="all", steps=(1, 3), **kw)
+        ia.edit(animatediff, 0, "a red circle", "a blue square", method="all", steps=(1, 3), **ANIMATEDIFF_KW)
 
 
 def _clean(pipe):

@@ -21,10 +21,16 @@ targets (one per :class:`Edit`). In each chosen layer a target attends with the 
                the source's initial latent
 =============  ========================================================  ======================================
 
-Sources (:mod:`.sources`): a generated run (seed) — both rows start from its noise, and ``L_edit`` comes from
-a traced run of the source; or a real video — DDIM-inverted first (:func:`~.inversion.invert`, which also
-records the entropy), both rows start from ``z_T``, and after every step the source row's latent is overwritten
-with the inversion trajectory, so the source's ``Q, K`` are those of the inverted video exactly.
+Sources (:mod:`.sources`): a generated run (seed) — both rows start from its noise; when ``L_edit`` is needed
+it comes from a traced run of the source, which also records the source's latent after every step; or a real
+video — DDIM-inverted first (:func:`~.inversion.invert`, which also records the entropy), both rows start
+from ``z_T``. Where the source's trajectory is known (inverted, or recorded) the source row's latent is
+overwritten with it after every step, so the source's ``Q, K`` are those of the source exactly, and the
+source runs **only its conditional row**: the batch holds ``1 + 2K`` rows with CFG (not ``2 + 2K``).
+
+CFG branches (``uncond=``): ``"source"`` (default) — both of a target's rows (unconditional and conditional)
+attend from the source's conditional row; ``"own"`` — only the target's conditional row attends from the
+source, its unconditional row is its own (Prompt-to-Prompt's rule; P2P always uses it).
 
 Options: ``steps=(start, stop)`` limits the replacement to those denoising steps; ``mask`` (``[H, W]`` or
 ``[frame, H, W]``, 1 = may change) blends the target's latent with the source's outside the mask after every
@@ -40,6 +46,7 @@ step (background preservation, Supp. 8.3).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -53,7 +60,9 @@ from ..core.adapters import get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception
 from .attend_from import AttendFrom, AttendFromHandler
-from .inversion import Inversion, decode, denoise, encode_prompts, invert, self_attention_names, skipping
+from .guidance import _ROW_ARGS, _take
+from .inversion import (Inversion, decode, denoise, encode_named, invert, prompt_extras, self_attention_names,
+                        skipping)
 from .sources import Source, as_source, check_size
 from .tracing import Result, _check_prompt, _noise, generate
 
@@ -62,6 +71,9 @@ METHODS: tuple[str, ...] = ("ieadapt", "all", "fixed", "masactrl", "value", "p2p
 WHAT = {"ieadapt": "qk", "all": "qk", "fixed": "qk", "masactrl": "kv", "value": "v", "p2p": "qk"}
 #: methods whose default layers come from the entropy selection L_edit
 SELECTING = ("ieadapt", "value")
+#: what a target's unconditional (CFG) row attends from: the source's conditional row, or nothing (its own);
+#: the first is the default
+UNCOND = ("source", "own")
 
 
 def check_ratio(ratio: float) -> float:
@@ -82,7 +94,9 @@ class Edit:
 
     ``method`` (see the module table), ``ratio`` (the ``L_edit`` fraction), ``steps`` (``(start, stop)``
     denoising steps of the replacement, stop exclusive; ``None`` = all), ``layers`` (layer names: required
-    for ``fixed``, an override otherwise). ``target`` may be left ``None`` where the caller supplies it.
+    for ``fixed``, an override otherwise), ``uncond`` (what the target's unconditional CFG row attends from:
+    ``"source"``, the source's conditional row, or ``"own"``, its own attention — see the module docstring;
+    P2P is always ``"own"``). ``target`` may be left ``None`` where the caller supplies it.
 
     >>> Edit("a blue circle", method="masactrl").label
     'masactrl'
@@ -95,10 +109,13 @@ class Edit:
     ratio: float = 0.5
     steps: tuple[int, int] | None = None
     layers: tuple[str, ...] | None = None
+    uncond: str = UNCOND[0]
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise IEAdaptValueError(f"unknown edit method {self.method!r}; choose one of {list(METHODS)}.")
+        if self.uncond not in UNCOND:
+            raise IEAdaptValueError(f"uncond must be one of {list(UNCOND)}; got {self.uncond!r}.")
         object.__setattr__(self, "ratio", check_ratio(self.ratio))
         if self.steps is not None:
             if len(tuple(self.steps)) != 2:
@@ -129,13 +146,16 @@ class Edit:
             parts.append(f"steps={self.steps[0]}-{self.steps[1]}")
         if self.layers is not None and self.method != "fixed":
             parts.append(f"layers[{len(self.layers)}]")
+        if self.uncond != UNCOND[0] and self.method not in ("p2p", "none"):
+            parts.append(f"uncond={self.uncond}")
         return " ".join(parts)
 
     def to_dict(self) -> dict:
         """JSON-able form (a sweep row); ``{"edit": {...}}`` marks it among perturbations."""
         return {"edit": {"target": self.target, "method": self.method, "ratio": self.ratio,
                          "steps": list(self.steps) if self.steps else None,
-                         "layers": list(self.layers) if self.layers else None}}
+                         "layers": list(self.layers) if self.layers else None,
+                         **({"uncond": self.uncond} if self.uncond != UNCOND[0] else {})}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Edit":
@@ -260,6 +280,13 @@ def _mask_latent(pipe, mask, num_frames: int, height: int, width: int, latent_sh
 # -- the run ----------------------------------------------------------------------------------------------
 def _prepare(pipe, source, source_prompt, edits, num_frames, height, width, steps):
     _check_prompt(source_prompt)
+    if not get_adapter(pipe).prompt_outputs:  # SVD: image-to-video
+        raise IEAdaptTypeError(f"{type(pipe).__name__} is not conditioned on a text prompt, so a text-guided edit "
+                               "(source prompt → target prompt) is not defined for it.")
+    if get_adapter(pipe).attention_per_row and any(e.method != "none" for e in edits):
+        raise IEAdaptValueError(f"{type(pipe).__name__} runs its attention once per batch row (each row with its own "
+                                "text length), so a target row cannot attend with the source row's tensors; only "
+                                "method='none' runs on it.")
     if not edits:
         raise IEAdaptValueError("give at least one edit.")
     for e in edits:
@@ -278,6 +305,150 @@ def _prepare(pipe, source, source_prompt, edits, num_frames, height, width, step
         raise IEAdaptValueError(f"num_inference_steps must be ≥ 1; got {steps}.")
     _check_steps(edits, int(steps))
     return src, num_frames, height, width
+
+
+class SourceRowHandler(AttendFromHandler):
+    """:class:`~.attend_from.AttendFromHandler` whose target rows take the source's **conditional** row where the
+    call holds one (the source may run only that row), else the source's row in the target's own branch."""
+
+    def _pairs(self, ctx, a: AttendFrom) -> list[tuple]:
+        index = {label: i for i, label in enumerate(ctx.rows)}
+        pairs = []
+        for (branch, sample), i in index.items():
+            if sample != a.target or (a.branches is not None and branch not in a.branches and branch != "all"):
+                continue
+            src = index.get(("cond", a.source), index.get((branch, a.source)))
+            if src is not None:
+                pairs.append((ctx.elements([src]), ctx.elements([i])))
+        return pairs
+
+
+def _keep_rows(x, keep: torch.Tensor, batch: int):
+    """``x`` with only the denoiser rows ``keep`` where it is batched (nested dict/list; others unchanged)."""
+    if isinstance(x, torch.Tensor):
+        taken = _take(x, keep, batch)
+        return x if taken is None else taken
+    if isinstance(x, dict):
+        return {k: _keep_rows(v, keep, batch) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_keep_rows(v, keep, batch) for v in x)
+    return x
+
+
+class CondSourceRow:
+    """For a ``with`` block: every CFG denoiser call ``[uncond × n, cond × n]`` runs without row 0 (the source's
+    unconditional row); its output is filled with the source's conditional output, so the pipeline's CFG gives
+    the source ``ε_cond`` (its latent is replayed anyway). Rows are labelled ``("uncond", 1…n-1)``,
+    ``("cond", 0…n-1)``. A call of another size (a model that runs its branches in separate calls) is left whole.
+    """
+
+    def __init__(self, pipe, interception: Interception, n: int) -> None:
+        self.adapter = get_adapter(pipe)
+        self.models = list(self.adapter.denoisers(pipe).values())
+        self.interception, self.n, self._handles, self.dropped = interception, n, [], False
+
+    def __enter__(self) -> "CondSourceRow":
+        try:
+            for model in self.models:
+                self._handles.append(model.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True))
+                self._handles.append(model.register_forward_hook(self._after))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _before(self, module, args, kwargs):
+        position = {name: i for i, name in enumerate(list(inspect.signature(type(module).forward).parameters)[1:])}
+        args, kwargs = list(args), dict(kwargs)
+
+        def where(name):  # (container, key) of a forward argument, keeping the call's positional / keyword style
+            i = position.get(name)
+            return (args, i) if i is not None and i < len(args) else (kwargs, name)
+
+        box, key = where(self.adapter.sample_arg)
+        batch, n = int(box[key].shape[0]), self.n
+        self.dropped = batch == 2 * n
+        if not self.dropped:
+            return None
+        keep = torch.arange(1, batch)
+        for name in (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS):
+            box, key = where(name)
+            if isinstance(box, dict) and key not in box:
+                continue
+            box[key] = _keep_rows(box[key], keep, batch)
+        self.interception.label_next([("uncond", k) for k in range(1, n)] + [("cond", k) for k in range(n)])
+        return tuple(args), kwargs
+
+    def _after(self, module, args, output):
+        if not self.dropped:
+            return None
+        self.dropped = False
+        x = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        new = torch.cat([x[self.n - 1: self.n], x])  # the source's cond output stands in for its uncond one
+        if isinstance(output, tuple):
+            return (new, *output[1:])
+        if isinstance(output, torch.Tensor):
+            return new
+        return type(output)(**{**output, "sample": new})
+
+
+def run_batch(pipe, cond, uncond, latents, specs, *, replay=None, mask_latent=None, skip: int = 0,
+              handlers=(), guidance_scale: float, progress: bool = False, **call) -> torch.Tensor:
+    """The batched source + target denoising run → final latents ``[n, *latent_shape]`` (sample 0 = source).
+
+    ``replay[i]``: the source's latent after step ``i`` (then the source runs only its conditional row, see
+    :class:`CondSourceRow`); ``mask_latent``: 1 where the targets may differ from the source; ``handlers``:
+    further attention handlers (run before the replacement's).
+    """
+    n = int(latents.shape[0])
+    cfg = guidance_scale > 1.0
+
+    def on_step(pipeline, i, t, kwargs):
+        if replay is None and mask_latent is None:
+            return {}
+        z = kwargs["latents"].clone()
+        if replay is not None:
+            z[0] = replay[i][0].to(z.device, z.dtype)
+        if mask_latent is not None:
+            m = mask_latent.to(z.device, z.dtype)
+            z[1:] = m * z[1:] + (1 - m) * z[:1]
+        return {"latents": z}
+
+    every = [*handlers, *([SourceRowHandler(specs, name="edit")] if specs else [])]
+    interception = Interception(pipe, every, embeddings={"cond": cond, **({"uncond": uncond} if cfg else {})})
+    forward = pipe.scheduler
+    try:
+        pipe.scheduler = skipping(forward, skip)  # a real video's edit starts where its inversion stopped
+        with interception:
+            if replay is not None and cfg:
+                with CondSourceRow(pipe, interception, n):
+                    out = denoise(pipe, cond, uncond, latents, guidance_scale=guidance_scale, output_type="latent",
+                                  callback=on_step, progress=progress, **call)
+            else:
+                out = denoise(pipe, cond, uncond, latents, guidance_scale=guidance_scale, output_type="latent",
+                              callback=on_step, progress=progress, **call)
+    finally:
+        pipe.scheduler = forward
+    return out.frames
+
+
+def _recorded_source(pipe, prompt, seed, **kw):
+    """A generated source traced on its self-attention layers → ``(stats, video, replay)`` with ``replay[i]`` its
+    latent after step ``i`` (the edit replays it instead of running the source with CFG)."""
+    replay = []
+
+    def keep(pipeline, i, t, kwargs):
+        replay.append(kwargs["latents"].detach().clone())
+        return {}
+
+    run = generate(pipe, prompt, seed=seed, capture=self_attention_names(pipe), callback_on_step_end=keep,
+                   callback_on_step_end_tensor_inputs=["latents"], **kw)
+    return run.stats, run.video, replay
 
 
 @torch.no_grad()
@@ -313,25 +484,27 @@ def edit_many(
     latent_shape = adapter.latent_shape(pipe, num_frames, height, width)
     mask_latent = None if mask is None else _mask_latent(pipe, mask, num_frames, height, width, latent_shape)
     needs_stats = stats or any(e.method in SELECTING and e.layers is None for e in edits)
+    size = dict(num_frames=num_frames, height=height, width=width)
 
-    # 1. the source: its entropy (L_edit) and its initial latent
-    source_stats, trajectory, skip = None, None, 0
+    # 1. the source: its entropy (L_edit), its initial latent and, where known, its trajectory
+    source_stats, replay, skip, source_video, start = None, None, 0, None, None
     if src.kind == "generated":
         if needs_stats:
-            source_stats = generate(pipe, source_prompt, num_frames=num_frames, num_inference_steps=steps,
-                                    guidance_scale=guidance_scale, seed=src.seed, height=height, width=width,
-                                    negative_prompt=negative_prompt, capture=self_attention_names(pipe)).stats
+            source_stats, source_video, replay = _recorded_source(
+                pipe, source_prompt, src.seed, num_inference_steps=steps, guidance_scale=guidance_scale,
+                negative_prompt=negative_prompt, **size)
     else:
         if inversion is None or (needs_stats and inversion.stats is None):
             inversion = invert(pipe, src.video, source_prompt, num_inference_steps=steps,
-                               guidance_scale=inversion_guidance, num_frames=num_frames, height=height, width=width,
-                               reconstruct=False, capture=needs_stats, progress=progress)
+                               guidance_scale=inversion_guidance, reconstruct=False, capture=needs_stats,
+                               progress=progress, **size)
         elif inversion.num_inference_steps != steps:
             raise IEAdaptValueError(f"the given inversion has {inversion.num_inference_steps} steps; this edit uses "
                                     f"{steps}.")
-        source_stats = inversion.stats
+        source_stats, skip = inversion.stats, inversion.skip
         trajectory = inversion.latents
-        skip = inversion.skip
+        replay = [trajectory[len(trajectory) - 2 - i] for i in range(len(trajectory) - 1)]
+        start = trajectory[-1]
     table = selection_table(pipe, source_stats, 0.5)
 
     # 2. the attention specs, one per target row
@@ -345,47 +518,26 @@ def edit_many(
         tables.append(t.reset_index(drop=True))
         chosen = frozenset(t.layer[t.chosen])
         if e.method != "none" and chosen:
+            own = e.method == "p2p" or e.uncond == "own"
             specs.append(AttendFrom(chosen, source=0, target=k, steps=e.steps, what=WHAT[e.method],
-                                    branches=("cond",) if e.method == "p2p" else None))
+                                    branches=("cond",) if own else None))
 
     # 3. one batched run
-    cfg = guidance_scale > 1.0
     prompts = [source_prompt, *[e.target for e in edits]]
-    cond, uncond = encode_prompts(pipe, prompts, cfg, negative_prompt)
+    named = encode_named(pipe, prompts, guidance_scale > 1.0, negative_prompt)  # + masks, pooled embeddings
+    cond, uncond_embeds = named["prompt_embeds"], named.get("negative_prompt_embeds")
     n = len(prompts)
-    device, dtype = pipe._execution_device, cond.dtype
-    if trajectory is None:
-        start = _noise(pipe, src.seed, num_frames, height, width, dtype)
-    else:
-        start = trajectory[-1].to(device, dtype)
+    if start is None:
+        start = _noise(pipe, src.seed, num_frames, height, width, cond.dtype)
+    start = start.to(pipe._execution_device, cond.dtype)
     latents = start.repeat(n, *([1] * (start.ndim - 1)))
-    if mask_latent is not None:
-        mask_latent = mask_latent.to(device, dtype)
-
-    def on_step(pipeline, i, t, kwargs):
-        z = kwargs["latents"]
-        if trajectory is None and mask_latent is None:
-            return {}
-        z = z.clone()
-        if trajectory is not None:
-            z[0] = trajectory[len(trajectory) - 2 - i][0].to(z.device, z.dtype)
-        if mask_latent is not None:
-            z[1:] = mask_latent * z[1:] + (1 - mask_latent) * z[:1]
-        return {"latents": z}
-
-    handlers = [AttendFromHandler(specs, name="edit")] if specs else []
-    interception = Interception(pipe, handlers, embeddings={"cond": cond, **({"uncond": uncond} if cfg else {})})
-    forward = pipe.scheduler
-    try:
-        pipe.scheduler = skipping(forward, skip)  # a real video's edit starts where its inversion stopped
-        with interception:
-            out = denoise(pipe, cond, uncond, latents, num_frames=num_frames, height=height, width=width,
-                          num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
-                          callback=on_step, progress=progress)
-    finally:
-        pipe.scheduler = forward
-    final = out.frames  # latents; decoded one sample at a time (the VAE's peak memory of one video)
-    videos = np.stack([decode(pipe, final[k:k + 1])[0] for k in range(n)])
+    final = run_batch(pipe, cond, uncond_embeds, latents, specs, replay=replay, mask_latent=mask_latent, skip=skip,
+                      guidance_scale=guidance_scale, num_inference_steps=steps, progress=progress, **size,
+                      **prompt_extras(named))
+    # decoded one sample at a time (the VAE's peak memory of one video); a recorded source is already decoded
+    shape = (num_frames, height, width)
+    videos = [source_video if source_video is not None else decode(pipe, final[:1], shape)[0],
+              *(decode(pipe, final[k:k + 1], shape)[0] for k in range(1, n))]
     return [EditResult(videos=np.stack([videos[k], videos[0]]), stats=source_stats if stats else None,
                        source_video=videos[0], layers=tables[k - 1], edit=e, source_prompt=source_prompt,
                        inversion=inversion)
@@ -403,6 +555,7 @@ def edit(
     steps: tuple[int, int] | None = None,
     mask=None,
     layers: Sequence[str] | None = None,
+    uncond: str = UNCOND[0],
     stats: bool = False,
     **generation,
 ) -> EditResult:
@@ -424,6 +577,9 @@ def edit(
     mask
         ``[H, W]`` or ``[frame, H, W]`` in [0, 1], 1 where the edit may change the video; elsewhere the target's
         latent follows the source's (background preservation).
+    uncond
+        What the target's unconditional (CFG) row attends from: ``"source"`` (the source's conditional row, as
+        the target's conditional row does) or ``"own"`` (its own attention; only the conditional row is edited).
     stats
         Attach the source's self-attention statistics (``.stats``; the entropy ``L_edit`` came from).
     generation
@@ -435,12 +591,12 @@ def edit(
     """
     _check_prompt(target_prompt)
     one = Edit(target_prompt, method=method, ratio=ratio, steps=steps,
-               layers=tuple(layers) if layers is not None else None)
+               layers=tuple(layers) if layers is not None else None, uncond=uncond)
     return edit_many(pipe, source, source_prompt, [one], mask=mask, stats=stats, **generation)[0]
 
 
-__all__ = ["METHODS", "Edit", "EditResult", "check_alignment", "check_ratio", "edit", "edit_many", "method_layers",
-           "selection_table"]
+__all__ = ["METHODS", "UNCOND", "CondSourceRow", "Edit", "EditResult", "SourceRowHandler", "check_alignment",
+           "check_ratio", "edit", "edit_many", "method_layers", "run_batch", "selection_table"]
 
 
 def table_edits(pipe, target_prompt: str, ratios: Sequence[float] = (0.25, 0.5, 0.65, 0.75, 1.0)) -> list[Edit]:
