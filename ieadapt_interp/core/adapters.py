@@ -100,6 +100,25 @@ class Adapter:
     guidance_is_cfg
         ``guidance_scale > 1`` runs an unconditional branch (``False`` for HunyuanVideo, whose
         ``guidance_scale`` is the distilled guidance embedded in the transformer).
+    cfg_forwards
+        ``()``: the CFG branches run as one batched forward ``[uncond, cond]``; otherwise one forward per
+        branch, in this order (Wan: ``("cond", "uncond")``).
+    row_args
+        Further denoiser ``forward`` arguments holding one entry per batch row (pooled text embeddings,
+        distilled guidance, SVD's ``added_time_ids``) — guidance copies them with the rows it adds.
+    size_multiple
+        ``fn(pipe) -> int``: the pixel multiple height and width must be (VAE factor × patch size);
+        ``None``: the UNet rule (VAE factor × its downsampling).
+    attention_per_row
+        The processor calls the attention once per batch row (Mochi: each row with its own unpadded text),
+        so one row cannot attend with another row's tensors (editing).
+    condition_embeddings
+        ``fn(pipe, call_kwargs, cfg) -> {"cond": …, "uncond": …}``: the embeddings that label the CFG rows
+        of a pipeline not conditioned on text (SVD: the image embeddings; zeros for the unconditional row).
+    decode
+        ``fn(pipe, latents, num_frames, height, width) -> video [B, C, F, H, W]`` in ``[-1, 1]``: the
+        pipeline's own VAE decode of its final latents (what its ``__call__`` does inline); ``None``: the
+        pipeline's ``decode_latents(latents)``.
     """
 
     name: str
@@ -123,6 +142,12 @@ class Adapter:
                                                                               "negative_prompt_embeds")
     frames_kwarg: str = "num_frames"
     guidance_is_cfg: bool = True
+    cfg_forwards: tuple[str, ...] = ()
+    row_args: tuple[str, ...] = ()
+    size_multiple: Callable[[object], int] | None = None
+    attention_per_row: bool = False
+    condition_embeddings: Callable[[object, dict, bool], dict] | None = None
+    decode: Callable[[object, torch.Tensor, int, int, int], torch.Tensor] | None = None
 
     def latent_frames(self, bound: dict) -> int:
         """Latent frames of one denoiser call, from its bound ``forward`` arguments."""
@@ -273,6 +298,43 @@ def _wan_latents(pipe, frames: int, height: int, width: int) -> tuple[int, ...]:
     return (first.config.in_channels, (frames - 1) // t + 1, height // f, width // f)
 
 
+def _wan_decode(pipe, latents, num_frames, height, width):
+    cfg = pipe.vae.config
+    latents = latents.to(pipe.vae.dtype)
+    mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+    std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+    return pipe.vae.decode(latents * std + mean, return_dict=False)[0]
+
+
+def _scaled_decode(pipe, latents, num_frames, height, width):
+    """HunyuanVideo: latents / scaling_factor through the video VAE."""
+    return pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+
+
+def _mochi_decode(pipe, latents, num_frames, height, width):
+    cfg = pipe.vae.config
+    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
+        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std / cfg.scaling_factor + mean
+    else:
+        latents = latents / cfg.scaling_factor
+    return pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+
+
+def _ltx_decode(pipe, latents, num_frames, height, width):
+    """Unpack the tokens, denormalise, decode (decode timestep 0, no decode noise: the pipeline's defaults)."""
+    f, t = pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio
+    latents = pipe._unpack_latents(latents, (num_frames - 1) // t + 1, height // f, width // f,
+                                   pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
+    latents = pipe._denormalize_latents(latents, pipe.vae.latents_mean, pipe.vae.latents_std,
+                                        pipe.vae.config.scaling_factor).to(pipe.vae.dtype)
+    timestep = None
+    if pipe.vae.config.timestep_conditioning:
+        timestep = torch.zeros(latents.shape[0], device=latents.device, dtype=latents.dtype)
+    return pipe.vae.decode(latents, timestep, return_dict=False)[0]
+
+
 WAN = Adapter(
     name="wan",
     denoiser_classes=("WanTransformer3DModel",),
@@ -290,6 +352,10 @@ WAN = Adapter(
     call_defaults=_cap_text(512),
     temporal_patch=lambda transformer: int(transformer.config.patch_size[0]),
     experts=("transformer_2",),
+    cfg_forwards=("cond", "uncond"),
+    size_multiple=lambda pipe: int(pipe.vae_scale_factor_spatial) * int(
+        (pipe.transformer if pipe.transformer is not None else pipe.transformer_2).config.patch_size[1]),
+    decode=_wan_decode,
 )
 
 LATTE = Adapter(
@@ -313,6 +379,8 @@ LATTE = Adapter(
     default_size=lambda pipe: (pipe.transformer.config.sample_size * pipe.vae_scale_factor,) * 2,
     call_defaults=lambda pipe: {"clean_caption": False, "negative_prompt": None},
     frames_kwarg="video_length",
+    size_multiple=lambda pipe: int(pipe.vae_scale_factor) * int(pipe.transformer.config.patch_size),
+    decode=lambda pipe, latents, f, h, w: pipe.decode_latents(latents, video_length=latents.shape[2]),
 )
 
 
@@ -343,6 +411,8 @@ LTX = Adapter(
     frames_arg="num_frames",
     prompt_outputs=("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
                     "negative_prompt_attention_mask"),
+    size_multiple=lambda pipe: int(pipe.vae_spatial_compression_ratio) * int(pipe.transformer.config.patch_size),
+    decode=_ltx_decode,
 )
 
 HUNYUANVIDEO = Adapter(
@@ -364,6 +434,9 @@ HUNYUANVIDEO = Adapter(
     temporal_patch=lambda transformer: int(transformer.config.patch_size_t),
     prompt_outputs=("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"),
     guidance_is_cfg=False,
+    row_args=("pooled_projections", "guidance"),
+    size_multiple=lambda pipe: int(pipe.vae_scale_factor_spatial) * int(pipe.transformer.config.patch_size),
+    decode=_scaled_decode,
 )
 
 
@@ -385,7 +458,16 @@ MOCHI = Adapter(
     call_defaults=_cap_text(256),
     prompt_outputs=("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
                     "negative_prompt_attention_mask"),
+    size_multiple=lambda pipe: int(pipe.vae_spatial_scale_factor) * int(pipe.transformer.config.patch_size),
+    attention_per_row=True,
+    decode=_mochi_decode,
 )
+
+
+def _svd_image_embeddings(pipe, call: dict, cfg: bool) -> dict:
+    """SVD's CFG rows: the CLIP image embedding of ``call["image"]`` (cond) and zeros (uncond), ``[1, 1, C]``."""
+    emb = pipe._encode_image(call["image"], pipe._execution_device, 1, do_classifier_free_guidance=cfg)
+    return {"uncond": emb[:1], "cond": emb[1:]} if cfg else {"cond": emb}
 
 
 def _svd_order(path: str) -> tuple:
@@ -415,6 +497,8 @@ SVD = Adapter(
                                         w // pipe.vae_scale_factor),
     default_size=lambda pipe: (576, 1024),
     prompt_outputs=(),
+    row_args=("added_time_ids",),
+    condition_embeddings=_svd_image_embeddings,
 )
 
 ADAPTERS: tuple[Adapter, ...] = (ANIMATEDIFF, COGVIDEOX, WAN, LATTE, LTX, HUNYUANVIDEO, MOCHI, SVD)

@@ -264,8 +264,9 @@ class BranchPerturbationHandler(PerturbationHandler):
     def after(self, ctx: CallContext) -> None:
         original = ctx.out
         super().after(ctx)
-        if ctx.text_len and not self.text_rows and ctx.out is not original:
-            ctx.out[..., : ctx.text_len, :] = original[..., : ctx.text_len, :]  # ctx.out is a new tensor
+        if ctx.text_len and not self.text_rows and ctx.out is not original:  # ctx.out is a new tensor
+            text = slice(-ctx.text_len, None) if ctx.layout.name == "joint_video_text" else slice(0, ctx.text_len)
+            ctx.out[..., text, :] = original[..., text, :]
 
 
 # -- the batched forward ------------------------------------------------------------------------------
@@ -310,7 +311,8 @@ class GuidedDenoiser:
     def __init__(self, pipe, guidance: Guidance, interception: Interception, cfg: bool | None = None) -> None:
         self.pipe, self.guidance, self.interception = pipe, guidance, interception
         self.adapter = get_adapter(pipe)
-        self.denoiser = getattr(pipe, self.adapter.denoiser_attr)
+        self.denoisers = list(self.adapter.denoisers(pipe).values())  # Wan 2.2: both experts
+        self.denoiser = self.denoisers[0]
         self.cfg_given = cfg
         params = list(inspect.signature(type(self.denoiser).forward).parameters)[1:]
         self.position = {name: i for i, name in enumerate(params)}
@@ -318,11 +320,13 @@ class GuidedDenoiser:
 
     def __enter__(self) -> "GuidedDenoiser":
         self.step, self.last_t, self.cfg, self.pending = -1, None, self.cfg_given, None
+        self.forward_in_step, self.delta = 0, None
         self.batches: list[tuple[int, int]] = []
         try:
-            self._handles.append(self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True,
-                                                                         prepend=True))
-            self._handles.append(self.denoiser.register_forward_hook(self._after))
+            for denoiser in self.denoisers:
+                self._handles.append(denoiser.register_forward_pre_hook(self._before, with_kwargs=True,
+                                                                        prepend=True))
+                self._handles.append(denoiser.register_forward_hook(self._after))
         except BaseException:
             self.__exit__()
             raise
@@ -352,17 +356,29 @@ class GuidedDenoiser:
         timestep = self._get(args, kwargs, self.adapter.timestep_arg)
         t = float(torch.as_tensor(timestep).flatten()[0]) if timestep is not None else float(self.step + 1)
         if self.last_t is None or t != self.last_t:  # the interception's step rule
-            self.step, self.last_t = self.step + 1, t
+            self.step, self.last_t, self.forward_in_step, self.delta = self.step + 1, t, 0, None
+        else:
+            self.forward_in_step += 1
         if self.cfg is None:
             self.cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
         batch = int(sample.shape[0])
-        if self.cfg and batch % 2:
-            raise RuntimeError(f"Guidance expected a CFG batch [uncond, cond] of even size; got {batch} rows.")
-        n = batch // 2 if self.cfg else batch
-        labels = ([("uncond", i) for i in range(n)] if self.cfg else []) + [("cond", i) for i in range(n)]
         s = self.guidance.scale_at(self.step)
         branches = self.guidance.extra_branches if s != 0.0 else ()
-        self.pending = (batch, n, s, branches)
+        order = self.adapter.cfg_forwards if self.cfg else ()
+        if order:  # one forward per CFG branch (Wan: cond, then uncond): rows are added to the cond forward,
+            branch = order[min(self.forward_in_step, len(order) - 1)]  # its s·(ε_pos − ε_neg) to every forward
+            n, labels = batch, [(branch, i) for i in range(batch)]
+            if branch != "cond":
+                self.pending = (batch, n, s, (), branch)
+                self.batches.append((self.step, batch))
+                self.interception.label_next(labels)
+                return None
+        else:
+            if self.cfg and batch % 2:
+                raise RuntimeError(f"Guidance expected a CFG batch [uncond, cond] of even size; got {batch} rows.")
+            n = batch // 2 if self.cfg else batch
+            labels = ([("uncond", i) for i in range(n)] if self.cfg else []) + [("cond", i) for i in range(n)]
+        self.pending = (batch, n, s, branches, "cond" if order else None)
         self.batches.append((self.step, batch + n * len(branches)))
         if not branches:
             self.interception.label_next(labels)
@@ -370,7 +386,8 @@ class GuidedDenoiser:
         cond = torch.arange(batch - n, batch, device=sample.device)
         index = cond.repeat(len(branches))
         args, kwargs = list(args), dict(kwargs)
-        for name in (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS):
+        for name in (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS,
+                     *self.adapter.row_args):
             value = self._get(args, kwargs, name)
             if value is None:
                 continue
@@ -381,16 +398,24 @@ class GuidedDenoiser:
         return tuple(args), kwargs
 
     def _after(self, module, args, output):
-        batch, n, s, branches = self.pending
+        batch, n, s, branches, branch = self.pending
         self.pending = None
+        x = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        if branch not in (None, "cond"):  # a separate unconditional forward: this step's s·(ε_pos − ε_neg)
+            return None if self.delta is None else self._replaced(output, x + self.delta)
         if not branches:
             return None
-        x = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
         rows = {"cond": x[batch - n: batch]}
         for k, b in enumerate(branches):
             rows[b] = x[batch + k * n: batch + (k + 1) * n]
         delta = s * (rows["pos" if "pos" in rows else "cond"] - rows["neg" if "neg" in rows else "cond"])
-        new = x[:batch] + delta.repeat(batch // n, *([1] * (delta.ndim - 1)))
+        if branch == "cond":
+            self.delta = delta
+        return self._replaced(output, x[:batch] + delta.repeat(batch // n, *([1] * (delta.ndim - 1))))
+
+    @staticmethod
+    def _replaced(output, new):
+        """The denoiser's output with its sample replaced by ``new`` (tuple, tensor or output class)."""
         if isinstance(output, tuple):
             return (new, *output[1:])
         if isinstance(output, torch.Tensor):

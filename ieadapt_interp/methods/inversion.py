@@ -195,15 +195,28 @@ def skipping(scheduler, skip: int):
 
 
 def encode_prompts(pipe, prompts: list[str], cfg: bool, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The pipeline's ``encode_prompt`` for several prompts → ``(cond [n, T, C], uncond [n, T, C] | None)``."""
-    from .tracing import _encode
+    """The pipeline's ``encode_prompt`` for several prompts → ``(cond [n, T, C], uncond [n, T, C] | None)``.
 
-    conds, unconds = [], []
-    for prompt in prompts:
-        cond, uncond = _encode(pipe, prompt, negative_prompt, cfg)
-        conds.append(cond)
-        unconds.append(uncond)
-    return torch.cat(conds), (torch.cat(unconds) if cfg else None)
+    ``uncond`` is ``None`` without CFG, also when the model's ``guidance_scale`` is not CFG (HunyuanVideo).
+    """
+    named = encode_named(pipe, prompts, cfg, negative_prompt)
+    return named["prompt_embeds"], named.get("negative_prompt_embeds")
+
+
+def encode_named(pipe, prompts: list[str], cfg: bool, negative_prompt: str = "") -> dict[str, torch.Tensor]:
+    """Every pipeline-call argument ``encode_prompt`` gives for ``prompts``, rows in prompt order:
+    ``prompt_embeds`` (+ ``negative_prompt_embeds`` with CFG) and, where the pipeline has them, attention
+    masks and pooled embeddings (LTX-Video, Mochi, HunyuanVideo, SDXL) — pass the rest to :func:`denoise`."""
+    from ..core.adapters import encode_prompt
+
+    cfg = bool(cfg) and get_adapter(pipe).guidance_is_cfg
+    named = [encode_prompt(pipe, prompt, negative_prompt, cfg) for prompt in prompts]
+    return {k: torch.cat([n[k] for n in named]) for k in named[0]}
+
+
+def prompt_extras(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What :func:`encode_named` gives besides the embeddings (masks, pooled embeddings): call arguments."""
+    return {k: v for k, v in named.items() if k not in ("prompt_embeds", "negative_prompt_embeds")}
 
 
 def self_attention_names(pipe) -> list[str]:
@@ -216,7 +229,7 @@ def denoise(pipe, cond: torch.Tensor, uncond: torch.Tensor | None, latents: torc
             callback=None, progress: bool = False, **pipeline_kwargs):
     """One call of the pipeline's own loop with given embeddings and initial latents → its output."""
     adapter = get_adapter(pipe)
-    call = dict(prompt_embeds=cond, num_frames=num_frames, height=height, width=width,
+    call = dict(prompt_embeds=cond, height=height, width=width, **{adapter.frames_kwarg: num_frames},
                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, latents=latents,
                 output_type=output_type, **adapter.call_defaults(pipe), **pipeline_kwargs)
     if uncond is not None:
@@ -238,10 +251,18 @@ def to_uint8(frames) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode(pipe, latents: torch.Tensor) -> np.ndarray:
-    """The pipeline's own VAE decode of ``[n, *latent_shape]`` → uint8 ``[n, f, H, W, 3]``."""
+def decode(pipe, latents: torch.Tensor, size: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The pipeline's own VAE decode of ``[n, *latent_shape]`` → uint8 ``[n, f, H, W, 3]``.
+
+    ``size = (num_frames, height, width)`` of the video: needed where the latents are packed into tokens
+    (LTX-Video); the adapter's ``decode`` is used where the pipeline has no ``decode_latents(latents)``.
+    """
     latents = latents.to(pipe._execution_device, pipe.vae.dtype)
-    video = pipe.decode_latents(latents)
+    adapter = get_adapter(pipe)
+    if adapter.decode is not None:
+        video = adapter.decode(pipe, latents, *(size or (None, None, None)))
+    else:
+        video = pipe.decode_latents(latents)
     return to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np"))
 
 
@@ -299,7 +320,8 @@ def invert(
     if skip >= steps:
         raise IEAdaptValueError(f"skip={skip} leaves no denoising step of {steps}; use more steps.")
     cfg = guidance_scale > 1.0
-    cond, uncond = encode_prompts(pipe, [prompt], cfg, negative_prompt)
+    named = encode_named(pipe, [prompt], cfg, negative_prompt)
+    cond, uncond, extras = named["prompt_embeds"], named.get("negative_prompt_embeds"), prompt_extras(named)
     z0 = encode_video(pipe, source.video).to(cond.dtype)
     trajectory = [z0.float().cpu()]
 
@@ -316,7 +338,7 @@ def invert(
         with interception:
             denoise(pipe, cond, uncond, z0, num_frames=num_frames, height=height, width=width,
                     num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
-                    callback=collect, progress=progress)
+                    callback=collect, progress=progress, **extras)
         timesteps = [int(t) for t in inverse.timesteps]
     finally:
         pipe.scheduler = forward
@@ -334,7 +356,7 @@ def invert(
             pipe.scheduler = skipping(forward, skip)
             out = denoise(pipe, cond, uncond, latents[-1].to(pipe._execution_device, cond.dtype),
                           num_frames=num_frames, height=height, width=width, num_inference_steps=steps,
-                          guidance_scale=guidance_scale, progress=progress)
+                          guidance_scale=guidance_scale, progress=progress, **extras)
         finally:
             pipe.scheduler = forward
         result.reconstruction = to_uint8(out.frames)[0]
@@ -349,5 +371,6 @@ def layer_kinds(pipe) -> dict[str, str]:
     return dict(zip(table.name, table.kind))
 
 
-__all__ = ["Inversion", "SELF_ATTENTION", "decode", "denoise", "encode_prompts", "invert", "inverse_scheduler", "psnr",
+__all__ = ["Inversion", "SELF_ATTENTION", "decode", "denoise", "encode_named", "encode_prompts", "invert",
+           "prompt_extras", "inverse_scheduler", "psnr",
            "resolve_skip", "self_attention_names", "skipping", "video_ssim"]

@@ -157,6 +157,8 @@ def size_multiple(pipe) -> int:
     adapter = get_adapter(pipe)
     if adapter.name == "cogvideox":
         return int(pipe.vae_scale_factor_spatial) * int(pipe.transformer.config.patch_size)
+    if adapter.size_multiple is not None:  # Wan, Latte, LTX-Video, HunyuanVideo, Mochi: VAE factor × patch
+        return int(adapter.size_multiple(pipe))
     down = 2 ** max(0, len(pipe.unet.config.block_out_channels) - 1)
     return int(pipe.vae_scale_factor) * down
 

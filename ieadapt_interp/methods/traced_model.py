@@ -40,13 +40,13 @@ import xarray as xr
 from nnsight.modeling.diffusion import DiffusionModel, _PipelineModule
 
 from ..core import hook_points
-from ..core.adapters import attention_layers, get_adapter, layer_records
+from ..core.adapters import attention_layers, encode_prompt, get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception
 from ..core.maps import MapRequest
 from ..core.stats import maps_tree, stats_dataset
 from .perturbation import LayerSpec, as_layers
-from .tracing import _attrs, _check_frames, _check_prompt, _encode
+from .tracing import _attrs, _check_frames, _check_prompt
 
 #: the rows each ``branch=`` choice records
 _RECORDED = {"cond": ("cond",), "uncond": ("uncond",), "both": ("cond", "uncond")}
@@ -58,6 +58,15 @@ def _call_default(pipe, name: str, fallback: Any) -> Any:
     if param is None or param.default is inspect.Parameter.empty or param.default is None:
         return fallback
     return param.default
+
+
+def _guidance_of(pipe, kwargs: dict) -> float:
+    """The CFG weight of a call: ``guidance_scale``, or the largest of a per-frame schedule (SVD's
+    ``max_guidance_scale``); the pipeline's default when omitted."""
+    for name in ("guidance_scale", "max_guidance_scale"):
+        if name in inspect.signature(type(pipe).__call__).parameters:
+            return float(kwargs.get(name, _call_default(pipe, name, 1.0)))
+    return 1.0
 
 
 class _InterceptedPipeline(_PipelineModule):
@@ -75,31 +84,52 @@ class _InterceptedPipeline(_PipelineModule):
 
     def forward(self, *args: Any, seed: int | None = None, **kwargs: Any) -> Any:
         pipe = self.pipeline
-        prompt = kwargs.get("prompt", args[0] if args else None)
+        adapter = get_adapter(pipe)
+        params = inspect.signature(type(pipe).__call__).parameters
+        if args:  # the first input, positionally: the prompt (SVD: the image)
+            kwargs[list(params)[1]], args = args[0], args[1:]
+        if "prompt" in kwargs and "prompt" not in params:  # nnsight batches every invoke's input as prompt=
+            kwargs[list(params)[1]] = kwargs.pop("prompt")
+        frames_kwarg = adapter.frames_kwarg
+        if frames_kwarg != "num_frames" and "num_frames" in kwargs:  # Latte: video_length
+            kwargs[frames_kwarg] = kwargs.pop("num_frames")
+        kwargs = {**adapter.call_defaults(pipe), **kwargs}
+        prompt = kwargs.get("prompt")
         prompts = [] if prompt is None else [prompt] if isinstance(prompt, str) else list(prompt)
         for text in prompts:
             _check_prompt(text)
-        num_frames = int(kwargs.get("num_frames", _call_default(pipe, "num_frames", 16)))
+        num_frames = int(kwargs.get(frames_kwarg, _call_default(pipe, frames_kwarg, 16)))
         _check_frames(pipe, num_frames)
-        guidance = float(kwargs.get("guidance_scale", _call_default(pipe, "guidance_scale", 1.0)))
-        if self.branch != "cond" and guidance <= 1.0:
+        guidance = _guidance_of(pipe, kwargs)
+        cfg = guidance > 1.0 and adapter.guidance_is_cfg
+        if self.branch != "cond" and not cfg:
             raise IEAdaptValueError(f"branch={self.branch!r} needs classifier-free guidance (guidance_scale > 1).")
         negative = kwargs.get("negative_prompt") or ""
         if not isinstance(negative, str):
             raise IEAdaptTypeError("ia.traced takes one negative_prompt string (shared by every prompt).")
         self.results = {"stats": None, "maps": None}
-        embeddings = {}
+        embeddings: dict[str, torch.Tensor] = {}
         if prompts and kwargs.get("prompt_embeds") is None:
+            # encoded here (the pipeline's own encode_prompt) and passed to the pipeline as its embeddings
+            # (+ masks, pooled embeddings), so the rows are labelled by the very tensors the denoiser gets
             with torch.no_grad():
-                encoded = [_encode(pipe, text, negative, guidance > 1.0) for text in prompts]
-            embeddings["cond"] = torch.cat([c for c, _ in encoded])
-            if guidance > 1.0:
-                embeddings["uncond"] = torch.cat([u for _, u in encoded])
+                named = [encode_prompt(pipe, text, negative, cfg) for text in prompts]
+            call = {k: torch.cat([n[k] for n in named]) for k in named[0]}
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("prompt", "negative_prompt")}
+            kwargs.update(call)
+            if "negative_prompt" in params:
+                kwargs["negative_prompt"] = None  # no pipeline takes both a negative prompt and its embeddings
+            embeddings = {"cond": call["prompt_embeds"]}
+            if "negative_prompt_embeds" in call:
+                embeddings["uncond"] = call["negative_prompt_embeds"]
+        elif not prompts and adapter.condition_embeddings is not None:  # image-to-video: image embeddings
+            with torch.no_grad():
+                embeddings = adapter.condition_embeddings(pipe, kwargs, cfg)
         interception = Interception(pipe, capture=self.capture, record_branches=_RECORDED[self.branch],
                                     maps=self.map_request, embeddings=embeddings, hook_points=True,
                                     keep_hook_points=True)
         with interception:
-            output = super().forward(*args, seed=seed, **kwargs)
+            output = super().forward(seed=seed, **kwargs)
         self.results = self._results(interception, prompts, negative, seed, num_frames, guidance, kwargs)
         return output
 
