@@ -108,3 +108,9 @@ class AttendFromHandler(AttentionHandler):
             for src, tgt in pairs:
                 x[tgt] = original[src]
             setattr(ctx, name, x)
+        mask = ctx.attn_mask
+        if copies.get("key") and mask is not None and mask.ndim == 4 and mask.shape[0] == ctx.query.shape[0]:
+            m = mask.clone()  # the keys are the source's: so is their mask (HunyuanVideo's padded text tokens)
+            for src, tgt in copies["key"]:
+                m[tgt] = mask[src]
+            ctx.attn_mask = m
