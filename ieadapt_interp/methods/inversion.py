@@ -148,6 +148,11 @@ def inverse_scheduler(scheduler):
     Raises one clear error for schedulers without a deterministic inverse here (Euler, DPM-Solver …).
     """
     name = type(scheduler).__name__
+    if "FlowMatch" in name:
+        raise IEAdaptTypeError(
+            f"DDIM inversion needs a DDIM scheduler; this pipeline uses {name}: a flow-matching model (Wan, LTX-Video, "
+            "HunyuanVideo, Mochi), whose velocity a DDIM scheduler cannot invert. Edit a generated source instead "
+            "(a seed or a traced Result).")
     if name not in ("DDIMScheduler", "CogVideoXDDIMScheduler", "DDIMInverseScheduler"):
         raise IEAdaptTypeError(
             f"DDIM inversion needs a DDIM scheduler; this pipeline uses {name}. Set "
