@@ -7,7 +7,9 @@ Diffusion, AnimateDiff-Lightning, AnimateDiff SDXL), each against an independent
 * ``(A, I)`` guidance: every denoiser output the pipeline receives equals ``ε + s·(ε_A − ε_I)`` built by hand
   from separate forwards of the same inputs (``ε_I`` through the test's own ``Y = V`` at the SDPA call), with
   as many rows as the formula needs (no unconditional row without CFG: Lightning, HunyuanVideo);
-* an edit to the same prompt returns the source; models that cannot edit raise one clear error first;
+* an edit to the same prompt returns the source; in ``method="fixed"`` layers each target row's output is the
+  naive fp64 ``softmax(Q_src K_srcᵀ)·V_tgt``; models that cannot edit (SVD: no text; Mochi: one attention call
+  per row; flow-matching models: no DDIM inversion of a real video) raise one clear error before any work;
 * ``ia.traced`` (nnsight) gives the statistics ``ia.trace`` gives.
 """
 
@@ -96,8 +98,7 @@ def _guided_calls(pipe, arch, guidance):
                 lambda m, a, k: calls.append([m, a, dict(k)]), with_kwargs=True, prepend=True))
             hooks.append(model.register_forward_hook(lambda m, a, o: calls[-1].append(_sample(o).clone())))
             hooks.append(model.register_forward_pre_hook(  # registered after the guidance's: sees its rows
-                lambda m, a, k: rows.append(int((a[0] if a else k[get_adapter(pipe).sample_arg]).shape[0])),
-                with_kwargs=True))
+                lambda m, a, k: rows.append(_rows_of(m, a, k)), with_kwargs=True))
         try:
             with torch.no_grad():
                 out = pipe(**_svd_call(pipe, arch)) if arch == "svd" else _plain(pipe, arch)
@@ -108,7 +109,7 @@ def _guided_calls(pipe, arch, guidance):
     return calls, rows, out.frames
 
 
-def _plain(pipe, arch, **extra):
+def _plain(pipe, arch):
     """The pipeline's own call with ia.generate's inputs (embeddings, masks, pooled; seed-0 noise)."""
     size, guidance, steps = CASES[arch]
     adapter = get_adapter(pipe)
@@ -118,7 +119,7 @@ def _plain(pipe, arch, **extra):
     call = {**adapter.call_defaults(pipe), **named, "negative_prompt": None}
     call = {k: v for k, v in call.items() if k in inspect.signature(type(pipe).__call__).parameters}
     return pipe(height=size["height"], width=size["width"], num_inference_steps=steps, guidance_scale=guidance,
-                latents=latents, output_type="latent", **{adapter.frames_kwarg: size["num_frames"]}, **call, **extra)
+                latents=latents, output_type="latent", **{adapter.frames_kwarg: size["num_frames"]}, **call)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -129,17 +130,17 @@ def test_guidance_at_scale_zero_is_the_plain_generation(arch):
         plain = pipe(**_svd_call(pipe, arch)).frames if arch == "svd" else _plain(pipe, arch).frames
     calls, rows, guided = _guided_calls(pipe, arch, Guidance("A", "I", scale=0.0, layers=layers))
     torch.testing.assert_close(guided, plain, rtol=0, atol=0)
-    assert rows == [int(_sample_rows(c)) for c in calls]  # no row was added
+    assert rows == [_rows_of(*c[:3]) for c in calls]  # no row was added
     if arch == "wan":  # the library's entry point too (one forward per CFG branch)
         kw = _kw(arch)
         np.testing.assert_array_equal(ia.guide(pipe, PROMPT, pos="U", neg="I", scale=0.0, layers=layers, **kw).video,
                                       ia.generate(pipe, PROMPT, **kw).video)
 
 
-def _sample_rows(call):
-    module, args, kwargs = call[:3]
+def _rows_of(module, args, kwargs) -> int:
+    """Batch rows of one denoiser call."""
     sample_arg = next(a for a in ADAPTERS if type(module).__name__ in a.denoiser_classes).sample_arg
-    return (args[0] if args else kwargs[sample_arg]).shape[0]
+    return int((args[0] if args else kwargs[sample_arg]).shape[0])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -161,7 +162,7 @@ def test_pag_guidance_equals_the_hand_built_combination(arch):
     modules = [r.module for r in layer_records(pipe) if r.name in layers]
     delta = None
     for (module, args, kwargs, got), n_run in zip(calls, rows):
-        batch = int(_sample_rows((module, args, kwargs)))
+        batch = _rows_of(module, args, kwargs)
         with torch.no_grad():
             eps = _sample(module(*args, **kwargs))
             mode = IdentityAt(modules, keep_last)

@@ -19,8 +19,15 @@ conditional alike). The pipeline's own CFG line ``ε_∅' + w·(ε_c' − ε_∅
 formula above for any ``w`` — also CogVideoX's dynamic CFG, which changes ``w`` after the denoiser call.
 At a step where the guidance is off (outside ``steps``, or scale 0) no row is added at all.
 
-**Joint attention (CogVideoX).** The perturbation replaces the map of the *video-token* query rows only;
-the text-token rows keep their attention (``text_rows=True`` perturbs them too).
+**Models that run one forward per CFG branch** (Wan; the adapter's ``cfg_forwards``): the extra rows ride on
+the conditional forward, and its ``s·(ε_pos − ε_neg)`` is added to that forward's output and to the
+unconditional forward's of the same step. Every expert of a model is hooked (Wan 2.2's ``transformer_2``);
+per-row forward arguments the adapter names (``row_args``: HunyuanVideo's pooled embeddings and distilled
+guidance, SVD's ``added_time_ids``) are copied with the rows.
+
+**Joint attention (CogVideoX; HunyuanVideo and Mochi, text after the video).** The perturbation replaces the
+map of the *video-token* query rows only; the text-token rows keep their attention (``text_rows=True`` perturbs
+them too).
 
 >>> g = Guidance("U", "I", scale=2.0, layers="down_blocks.0.attentions.0.transformer_blocks.0.attn1")
 >>> g.label, g.extra_branches

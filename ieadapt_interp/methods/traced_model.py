@@ -28,6 +28,12 @@ Requests must follow execution order: within a layer read ``hook_entropy``, then
 :func:`~ieadapt_interp.trace` returns for the same settings, and, when the block wrote to a hook point, those
 of the modified run (statistics are recorded after the hook points). The hook points are removed when the
 ``with`` block (or :meth:`TracedPipeline.close`) ends; the pipeline is then exactly as before.
+
+Every supported pipeline works (Wan 2.1/2.2, HunyuanVideo, LTX-Video, Mochi, Latte, AnimateDiff SDXL and
+Lightning): the prompt is encoded here and handed to the pipeline as its embeddings (with the attention masks
+and pooled embeddings it needs), so the rows are labelled by the very tensors the denoiser gets; ``num_frames``
+is passed on under the pipeline's own name (Latte: ``video_length``). Stable Video Diffusion takes its image as
+the input (``model.generate([image], ...)``); its rows are labelled by the image embeddings.
 """
 
 from __future__ import annotations
