@@ -175,7 +175,7 @@ def test_each_method_acts_on_its_own_layers(animatediff):
 
 
 def test_same_prompt_edit_returns_the_source(animatediff):
-    out = ia.edit(animatediff, 3, "a red circle", "a red circle", uncond="own", **ANIMATEDIFF_KW)
+    out = ia.edit(animatediff, 3, "a red circle", "a red circle", **ANIMATEDIFF_KW)   # uncond="own" (default)
     np.testing.assert_array_equal(out.video, out.source_video)
     plain = ia.generate(animatediff, "a red circle", seed=3, guidance_scale=7.5, **ANIMATEDIFF_KW).video
     assert np.abs(out.source_video.astype(int) - plain).max() <= 1   # the generated source (its traced run)

@@ -28,9 +28,11 @@ from ``z_T``. Where the source's trajectory is known (inverted, or recorded) the
 overwritten with it after every step, so the source's ``Q, K`` are those of the source exactly, and the
 source runs **only its conditional row**: the batch holds ``1 + 2K`` rows with CFG (not ``2 + 2K``).
 
-CFG branches (``uncond=``): ``"source"`` (default) — both of a target's rows (unconditional and conditional)
-attend from the source's conditional row; ``"own"`` — only the target's conditional row attends from the
-source, its unconditional row is its own (Prompt-to-Prompt's rule; P2P always uses it).
+CFG branches (``uncond=``): ``"own"`` (default) — only the target's conditional row attends from the source,
+its unconditional row is its own (Prompt-to-Prompt's rule; P2P always uses it), so an edit of a generated
+source to its own prompt returns the source exactly; ``"source"`` — both of a target's rows (unconditional and
+conditional) attend from the source's conditional row. On the embedded model's study (benchmarks/RESULTS.md)
+the two give the same rates within 1–3 pairs of 60 (``"own"`` slightly ahead on inverted clips).
 
 Options: ``steps=(start, stop)`` limits the replacement to those denoising steps; ``mask`` (``[H, W]`` or
 ``[frame, H, W]``, 1 = may change) blends the target's latent with the source's outside the mask after every
@@ -73,7 +75,7 @@ WHAT = {"ieadapt": "qk", "all": "qk", "fixed": "qk", "masactrl": "kv", "value": 
 SELECTING = ("ieadapt", "value")
 #: what a target's unconditional (CFG) row attends from: the source's conditional row, or nothing (its own);
 #: the first is the default
-UNCOND = ("source", "own")
+UNCOND = ("own", "source")
 
 
 def check_ratio(ratio: float) -> float:
@@ -95,8 +97,8 @@ class Edit:
     ``method`` (see the module table), ``ratio`` (the ``L_edit`` fraction), ``steps`` (``(start, stop)``
     denoising steps of the replacement, stop exclusive; ``None`` = all), ``layers`` (layer names: required
     for ``fixed``, an override otherwise), ``uncond`` (what the target's unconditional CFG row attends from:
-    ``"source"``, the source's conditional row, or ``"own"``, its own attention — see the module docstring;
-    P2P is always ``"own"``). ``target`` may be left ``None`` where the caller supplies it.
+    ``"own"``, its own attention (default), or ``"source"``, the source's conditional row — see the module
+    docstring; P2P is always ``"own"``). ``target`` may be left ``None`` where the caller supplies it.
 
     >>> Edit("a blue circle", method="masactrl").label
     'masactrl'
@@ -578,8 +580,8 @@ def edit(
         ``[H, W]`` or ``[frame, H, W]`` in [0, 1], 1 where the edit may change the video; elsewhere the target's
         latent follows the source's (background preservation).
     uncond
-        What the target's unconditional (CFG) row attends from: ``"source"`` (the source's conditional row, as
-        the target's conditional row does) or ``"own"`` (its own attention; only the conditional row is edited).
+        What the target's unconditional (CFG) row attends from: ``"own"`` (its own attention; only the conditional
+        row is edited; default) or ``"source"`` (the source's conditional row, as the target's conditional row).
     stats
         Attach the source's self-attention statistics (``.stats``; the entropy ``L_edit`` came from).
     generation

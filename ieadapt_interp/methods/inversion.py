@@ -12,9 +12,11 @@ reconstruction denoises ``z_T`` again with the forward scheduler.
 Zero-terminal SNR (the embedded model: v-prediction, ``rescale_betas_zero_snr``, trailing spacing): the last
 inverse step lands on ``ᾱ_T = 0``, where ``z_T`` equals the predicted noise; the first denoising step then
 predicts ``x̂₀ = -v(z_T)`` with no signal left, so that step's error is only damped by ``√ᾱ`` of the next
-level. Measured on the embedded model (benchmarks/RESULTS.md, "Video editing"): inverting all the way to
-``ᾱ_T = 0`` and regenerating gives 0.3 dB PSNR at 10 steps and 0.6 dB at 25 (the reconstruction loses the
-clip), 19.8 dB at 50. So ``skip="auto"`` stops the inversion one step short of ``T`` when ``ᾱ_T = 0``: ``z_T``
+level. Measured on the embedded model with diffusers' target-timestep inverse step (before the level fix
+below): inverting all the way to ``ᾱ_T = 0`` and regenerating gave 0.3 dB PSNR at 10 steps and 0.6 dB at 25,
+19.8 dB at 50; with the level fix and the skip, 23.7 dB median at 25 steps over 52 rendered clips
+(benchmarks/RESULTS.md, "Video editing"; the fix without the skip was not measured). So ``skip="auto"`` stops
+the inversion one step short of ``T`` when ``ᾱ_T = 0``: ``z_T``
 is then the latent at the last nonzero-SNR level and the reconstruction (and an edit) runs the remaining
 ``num_inference_steps - 1`` steps from it, through the same scheduler with its first timestep dropped.
 
