@@ -258,9 +258,11 @@ TARGET = "a blue circle moving left"
 
 @pytest.mark.parametrize("arch", ["wan", "wan2.2", "latte", "ltx", "hunyuanvideo", "animatediff-sdxl"])
 def test_edit_target_output_is_the_source_map_times_its_own_values(arch):
-    """method='fixed' on the last self-attention layer of each denoiser: in every call there, each target row's
-    output equals the naive fp64 ``softmax(Q_src K_srcᵀ)·V_tgt`` with the source's conditional row (sample 0,
-    labelled here by its text embedding) — the source's map (with its own text mask) times the target's own values.
+    """method='fixed', uncond='source', on the last self-attention layer of each denoiser: in every call there,
+    each target row's output (unconditional rows too) equals the naive fp64 ``softmax(Q_src K_srcᵀ)·V_tgt`` with
+    the source's conditional row (sample 0, labelled here by its text embedding; Wan's separate unconditional
+    forward: the source's row of that forward) — the source's map (with its own text mask) times the target's own
+    values.
     HunyuanVideo's target prompt is shorter, so its padded text tokens (masked keys) differ from the source's."""
     target = "a blue square" if arch == "hunyuanvideo" else TARGET
     pipe = tiny(arch)
@@ -284,7 +286,7 @@ def test_edit_target_output_is_the_source_map_times_its_own_values(arch):
                           adapter.timestep_arg)
     try:
         with recorder:
-            ia.edit(pipe, 0, PROMPT, target, method="fixed", layers=layers, **_kw(arch))
+            ia.edit(pipe, 0, PROMPT, target, method="fixed", layers=layers, uncond="source", **_kw(arch))
     finally:
         recorder.close()
         for h in hooks:
