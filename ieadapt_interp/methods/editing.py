@@ -378,7 +378,9 @@ class CondSourceRow:
         if not self.dropped:
             return None
         keep = torch.arange(1, batch)
-        for name in (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS):
+        names = (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS,
+                 *getattr(self.adapter, "row_args", ()))
+        for name in dict.fromkeys(names):
             box, key = where(name)
             if isinstance(box, dict) and key not in box:
                 continue
