@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["animatediff", "cogvideox", "wan13b", "wan14b"],
                         choices=sorted(CASES))
     parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=6, help="warm-up steps; ≥ 6 so the TMA kernel has autotuned every shape")
     parser.add_argument("--reps-big", type=int, default=3, help="reps for wan14b (one forward takes seconds)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
