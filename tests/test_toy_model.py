@@ -89,10 +89,11 @@ def test_shipped_model_follows_heldout_captions():
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     pipe = load_toy_pipeline()
     caps = heldout_captions()
-    # one caption per motion (left, right, up, down, still), default settings, seed 0
+    # one caption per motion (left, right, up, down, still), seed 0, DEFAULT_SAMPLING but 10 steps instead of 25
+    # (a third of the suite's longest test; the 25-step held-out accuracies are in data/toy_t2v/README.md)
     picks = [next(c for c in caps if m in c) for m in ("moving left", "moving right", "moving up", "moving down",
                                                         "staying still")]
-    df = evaluate_toy_model(pipe, picks, seed=0, batch_size=len(picks))
+    df = evaluate_toy_model(pipe, picks, seed=0, batch_size=len(picks), num_inference_steps=10)
     assert df.colour_ok.mean() >= 0.8, df
     assert df.motion_ok.mean() >= 0.6, df
     assert df.one_blob_frac.mean() >= 0.8, df
