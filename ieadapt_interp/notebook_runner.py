@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+
 from .core.errors import IEAdaptFileNotFoundError
 
 #: The notebooks: ``ieadapt_interp/notebooks`` — in a clone a link to the repository's ``notebooks/``, in an
@@ -19,12 +20,13 @@ from .core.errors import IEAdaptFileNotFoundError
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 
 #: Overrides for the headless main job: static figures instead of widgets (papermill cannot run widget
-#: event loops reliably), one prompt and 10 denoising steps for the per-layer sweeps, so that all notebooks
-#: finish within 15 minutes on a 2-core CPU. Open the notebooks for the full settings (25 steps).
+#: event loops reliably), one prompt, 8 frames and 6 denoising steps for the per-layer sweeps, which cover the
+#: spatial layers one at a time (the temporal ones all at once and along λ), so that all notebooks finish within
+#: 15 minutes on a 2-core CPU. Open the notebooks for the full settings (16 frames, every layer, 25 steps).
 HEADLESS: dict[str, dict] = {
-    "01_perturbation_analysis": {"interactive": False, "num_inference_steps": 10,
+    "01_perturbation_analysis": {"interactive": False, "num_inference_steps": 6, "num_frames": 8, "kinds": ["spatial"],
                                  "prompts": ["a red circle moving left on a white background"]},
-    "02_entropy_energy": {"interactive": False, "num_inference_steps": 10,
+    "02_entropy_energy": {"interactive": False, "num_inference_steps": 6, "num_frames": 8,
                           "prompts": ["a blue square moving right on a black background"]},
     "03_quality_guidance": {"prompts": ["a red circle moving left on a white background"], "scales": [3.0],
                             "curve_pairs": ["UI"], "layer_choices": ["l*", "lowest"], "num_inference_steps": 4,
