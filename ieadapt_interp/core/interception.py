@@ -313,3 +313,20 @@ class Interception:
         for handler in handlers:
             handler.after(ctx)
         return ctx.out
+
+
+def hook_denoisers(models, before, after) -> list:
+    """A forward pre-hook (with kwargs, run first) and a forward hook on each denoiser in ``models``.
+
+    Returns the handles; if one registration fails, those already made are removed before the error propagates.
+    """
+    handles: list = []
+    try:
+        for model in models:
+            handles.append(model.register_forward_pre_hook(before, with_kwargs=True, prepend=True))
+            handles.append(model.register_forward_hook(after))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles

@@ -60,7 +60,7 @@ import xarray as xr
 
 from ..core.adapters import get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
-from ..core.interception import Interception
+from ..core.interception import Interception, hook_denoisers
 from .attend_from import AttendFrom, AttendFromHandler
 from .guidance import _ROW_ARGS, _take
 from .inversion import (Inversion, decode, denoise, encode_named, invert, prompt_extras, self_attention_names,
@@ -350,13 +350,7 @@ class CondSourceRow:
         self.interception, self.n, self._handles, self.dropped = interception, n, [], False
 
     def __enter__(self) -> "CondSourceRow":
-        try:
-            for model in self.models:
-                self._handles.append(model.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True))
-                self._handles.append(model.register_forward_hook(self._after))
-        except BaseException:
-            self.__exit__()
-            raise
+        self._handles = hook_denoisers(self.models, self._before, self._after)
         return self
 
     def __exit__(self, *exc) -> None:

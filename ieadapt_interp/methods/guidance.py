@@ -52,7 +52,7 @@ import torch
 from ..core.adapters import attention_layers, get_adapter
 from ..core.errors import IEAdaptKeyError, IEAdaptTypeError, IEAdaptValueError
 from ..core.handlers import CallContext
-from ..core.interception import Interception
+from ..core.interception import Interception, hook_denoisers
 from ..core.layers import Layers, LayerSpec, as_layers
 from .calibration import Registry, default_registry, fingerprint
 from .perturbation import Perturbation, PerturbationHandler
@@ -329,14 +329,7 @@ class GuidedDenoiser:
         self.step, self.last_t, self.cfg, self.pending = -1, None, self.cfg_given, None
         self.forward_in_step, self.delta = 0, None
         self.batches: list[tuple[int, int]] = []
-        try:
-            for denoiser in self.denoisers:
-                self._handles.append(denoiser.register_forward_pre_hook(self._before, with_kwargs=True,
-                                                                        prepend=True))
-                self._handles.append(denoiser.register_forward_hook(self._after))
-        except BaseException:
-            self.__exit__()
-            raise
+        self._handles = hook_denoisers(self.denoisers, self._before, self._after)
         return self
 
     def __exit__(self, *exc) -> None:
