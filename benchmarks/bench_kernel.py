@@ -42,7 +42,13 @@ SHAPES = [
     ("animatediff_temporal", 2 * 64 * 64, 8, 16, 40, torch.float16),
     ("d72_8k", 2, 16, 8192, 72, torch.bfloat16),
     ("d96_8k", 2, 16, 8192, 96, torch.bfloat16),
+    ("hunyuan_720p_129f_masked", 1, 24, 119056, 128, torch.bfloat16),
 ]
+
+#: Shapes timed with a boolean key mask ``[B, 1, 1, N]``: name -> masked trailing keys (HunyuanVideo: 256 text
+#: tokens, 64 real, 192 padding). SDPA then takes the mask too (no flash backend), and a ``two_pass`` variant
+#: (SDPA + the chunked entropy: what a trace ran before the kernel took masks) replaces ``before``.
+MASKED = {"hunyuan_720p_129f_masked": 192}
 
 #: Query rows checked against the fp32 reference entropy (all rows on small shapes).
 CHECK_ROWS = 512
@@ -89,16 +95,27 @@ def load_baseline(path: str):
     return module.flash_attention_with_entropy
 
 
+def two_pass(q, k, v, mask):
+    """The non-fused path (``IEADAPT_FUSED=0``): SDPA for the output, the chunked fp32 entropy."""
+    from ieadapt_interp.core.entropy import sdpa_with_entropy
+
+    os.environ["IEADAPT_FUSED"] = "0"
+    try:
+        return sdpa_with_entropy(q, k, v, mask)
+    finally:
+        os.environ.pop("IEADAPT_FUSED", None)
+
+
 def fused_variants(baseline: str | None) -> dict:
     """name -> callable(q, k, v): the kernel before (if given), this one forced onto the pointer path, this one."""
     variants = {}
     if baseline:
         variants["before"] = load_baseline(baseline)
 
-    def pointer(q, k, v):
+    def pointer(q, k, v, **kw):
         os.environ["IEADAPT_KERNEL"] = "pointer"
         try:
-            return flash_attention_with_entropy(q, k, v)
+            return flash_attention_with_entropy(q, k, v, **kw)
         finally:
             os.environ.pop("IEADAPT_KERNEL", None)
 
@@ -107,13 +124,19 @@ def fused_variants(baseline: str | None) -> dict:
     return variants
 
 
-def check_errors(fn, q, k, v) -> dict:
+def check_errors(fn, q, k, v, mask=None) -> dict:
     """Output vs SDPA (max abs), entropy vs the chunked fp32-softmax reference (max relative) on the first
-    CHECK_ROWS query rows (every key)."""
+    CHECK_ROWS query rows (every key); with the key mask ``mask`` if given."""
     out, ent = fn(q, k, v)
     torch.cuda.synchronize()
     rows = min(CHECK_ROWS, q.shape[2])
-    ref_out, ref_ent = attention_entropy_reference(q[:, :, :rows], k, v)
+    if mask is None:
+        ref_out, ref_ent = attention_entropy_reference(q[:, :, :rows], k, v)
+    else:
+        from ieadapt_interp.core.entropy import row_entropy
+
+        ref_out = F.scaled_dot_product_attention(q[:, :, :rows], k, v, attn_mask=mask)
+        ref_ent = row_entropy(q[:, :, :rows], k, attn_mask=mask)
     return {"max_abs_err_out": (out[:, :, :rows].float() - ref_out.float()).abs().max().item(),
             "max_rel_err_entropy": ((ent[:, :, :rows] - ref_ent).abs() / ref_ent.abs().clamp_min(1e-3)).max().item(),
             "finite": bool(torch.isfinite(out).all() and torch.isfinite(ent).all())}
@@ -126,24 +149,35 @@ def bench_shape(name, B, H, N, D, dtype, reps, variants, backends=True) -> dict:
     g = torch.Generator(device=dev).manual_seed(0)
     qkv = torch.randn(B, N, 3, H, D, device=dev, dtype=dtype, generator=g)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, N, D] views, as diffusers passes
-    assert fused_available(q, k, v)
+    mask = None
+    if name in MASKED:  # boolean key mask: the last MASKED[name] keys are padding
+        mask = torch.ones(B, 1, 1, N, dtype=torch.bool, device=dev)
+        mask[..., N - MASKED[name]:] = False
+        variants = {label: (lambda q, k, v, fn=fn: fn(q, k, v, attn_mask=mask))
+                    for label, fn in variants.items() if label != "before"}
+        variants = {"two_pass": lambda q, k, v: two_pass(q, k, v, mask), **variants}
+    assert fused_available(q, k, v, mask)
     flops = 4 * B * H * N * N * D
-    row = {"name": name, "B": B, "H": H, "N": N, "D": D, "dtype": str(dtype).replace("torch.", "")}
-    row["sdpa_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), reps)
+    row = {"name": name, "B": B, "H": H, "N": N, "D": D, "dtype": str(dtype).replace("torch.", ""),
+           "masked_keys": MASKED.get(name, 0)}
+    row["sdpa_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), reps)
     row["sdpa_tflops"] = flops / (row["sdpa_ms"] * 1e-3) / 1e12
     for label, fn in variants.items():
         try:
             t_first = time.perf_counter()
-            errs = check_errors(fn, q, k, v)  # first call: compile / autotune
+            errs = check_errors(fn, q, k, v, mask)  # first call: compile / autotune
             row[f"{label}_first_call_s"] = time.perf_counter() - t_first
             row.update({f"{label}_{key}": val for key, val in errs.items()})
-            row[f"{label}_ms"] = time_ms(lambda fn=fn: fn(q, k, v), reps)
+            if label == "two_pass":  # seconds per call at DiT sizes (thousands of chunks): the first call's time
+                row["two_pass_ms"] = row["two_pass_first_call_s"] * 1e3  # (incl. the CHECK_ROWS reference)
+            else:
+                row[f"{label}_ms"] = time_ms(lambda fn=fn: fn(q, k, v), reps)
             row[f"{label}_over_sdpa"] = row[f"{label}_ms"] / row["sdpa_ms"]
             row[f"{label}_tflops"] = flops / (row[f"{label}_ms"] * 1e-3) / 1e12
         except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the table
             row[f"{label}_error"] = repr(exc)[:300]
         torch.cuda.empty_cache()
-    if backends:
+    if backends and mask is None:
         for label, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
             row[f"sdpa_{label}_ms"] = sdpa_backend_ms(q, k, v, be, reps)
     return row
@@ -155,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--only", default=None, help="comma-separated shape names")
     ap.add_argument("--baseline", default=None, help="a frozen copy of the previous flash_entropy.py to time too")
+    ap.add_argument("--skip", default="", help="comma-separated variants not to time (e.g. pointer)")
     ap.add_argument(
         "--no-backends", action="store_true", help="skip timing SDPA's flash/cuDNN backends separately"
     )
@@ -162,7 +197,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark", file=sys.stderr)
         return 1
-    variants = fused_variants(args.baseline)
+    variants = {k: f for k, f in fused_variants(args.baseline).items() if k not in args.skip.split(",")}
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": torch.cuda.get_device_name(),

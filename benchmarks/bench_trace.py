@@ -3,7 +3,8 @@
 Real-scale random weights (no downloads): AnimateDiff = SD 1.5 UNet config + motion adapter v1-5-3
 config (no mid-block motion module), fp16, 512×512, 16 frames; CogVideoX-5B config, bf16, 49 frames,
 480×720 (sequence 17 776 with text); Wan 2.1-1.3B config, bf16, 81 frames 480×832 (32 760 tokens, two batch-1
-forwards per CFG step) and Wan 2.1-14B config, 720p (75 600 tokens, one forward). Prints and writes JSON: ms/step (median), traced/plain ratio,
+forwards per CFG step), Wan 2.1-14B config, 720p (75 600 tokens, one forward) and HunyuanVideo (13B config, 720p
+129 frames: 119 056 tokens with a boolean text-padding key mask, one forward). Prints and writes JSON: ms/step (median), traced/plain ratio,
 peak memory.
 
     python benchmarks/bench_trace.py --out results.json [--models animatediff cogvideox wan13b wan14b] [--reps 10]
@@ -93,8 +94,52 @@ def wan14b_case(device: str):
     return _wan_case(device, 40, 13824, 40, 720, 1280, forwards=1)
 
 
+def _hunyuan_case(device: str, frames: int, height: int, width: int, text_valid: int = 64, **config):
+    """HunyuanVideo transformer (diffusers' defaults = the released 13B config: 20 dual-stream + 40 single-stream
+    blocks, 24 heads x 128), bf16, built in bf16 directly; ONE batch-1 forward per step (the pipeline's guidance is
+    distilled into the transformer: no CFG rows). 256 text tokens of which ``text_valid`` are real, so every
+    attention call gets the boolean key mask ``[1, 1, 1, N]`` that the fused kernel now takes."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = HunyuanVideoTransformer3DModel(**config).to(device, torch.bfloat16).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+    cfg = model.config
+    latent_frames = (frames - 1) // 4 + 1
+    sample = torch.randn(1, cfg.in_channels, latent_frames, height // 8, width // 8, device=device,
+                         dtype=torch.bfloat16)
+    text = torch.randn(1, 256, cfg.text_embed_dim, device=device, dtype=torch.bfloat16)
+    text_mask = torch.zeros(1, 256, device=device, dtype=torch.bool)
+    text_mask[:, :text_valid] = True
+    pooled = torch.randn(1, cfg.pooled_projection_dim, device=device, dtype=torch.bfloat16)
+    t = torch.tensor([500], device=device)
+    guidance = torch.tensor([6000.0], device=device, dtype=torch.bfloat16)
+
+    def run():
+        return model(hidden_states=sample, timestep=t, encoder_hidden_states=text, encoder_attention_mask=text_mask,
+                     pooled_projections=pooled, guidance=guidance, return_dict=False)[0]
+
+    return SimpleNamespace(transformer=model), run
+
+
+def hunyuan_case(device: str):
+    """HunyuanVideo 720×1280, 129 frames → 33 latent frames × 45 × 80 = 118 800 video + 256 text tokens."""
+    return _hunyuan_case(device, 129, 720, 1280)
+
+
+def hunyuan65_case(device: str):
+    """HunyuanVideo 720×1280, 65 frames (17 latent frames: 61 200 video + 256 text tokens): the fallback when 129
+    frames do not fit the time budget."""
+    return _hunyuan_case(device, 65, 720, 1280)
+
+
 CASES = {"animatediff": animatediff_case, "cogvideox": cogvideox_case, "wan13b": wan13b_case,
-         "wan14b": wan14b_case}
+         "wan14b": wan14b_case, "hunyuan": hunyuan_case, "hunyuan65": hunyuan65_case}
+#: Cases whose one step takes seconds: --reps-big reps after one warm-up step.
+BIG = ("wan14b", "hunyuan", "hunyuan65")
 
 
 def _time(fn, reps: int, warmup: int = 2) -> tuple[float, float]:
@@ -154,7 +199,7 @@ def main() -> None:
     print(json.dumps(info), flush=True)
     results = []
     for name in args.models:
-        big = name == "wan14b"
+        big = name in BIG
         try:
             results.append(bench(name, args.reps_big if big else args.reps, 1 if big else args.warmup))
         except Exception as exc:  # noqa: BLE001 - record and go on to the next model

@@ -21,11 +21,16 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not (CUDA and triton_available()), reason="needs a CUDA device and triton")
 
 
-def reference(q, k, v, scale=None):
-    """float64 materialised softmax: out [B,H,Nq,D], entropy [B,H,Nq] (nats)."""
+def reference(q, k, v, scale=None, mask=None):
+    """float64 materialised softmax (``mask``: boolean, True = attend, or additive): out [B,H,Nq,D], entropy
+    [B,H,Nq] (nats)."""
     q, k, v = q.double(), k.double(), v.double()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    a = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+    s = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        mask = mask.to(s.device)
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.double()
+    a = torch.softmax(s, dim=-1)
     ent = -(a * torch.log(a.clamp_min(1e-300))).sum(-1)
     return a @ v, ent
 
@@ -45,8 +50,8 @@ def make_qkv(B, H, Nq, Nk, D, dtype, device, contiguous=True, k_mult=1.0, seed=0
     return q, k, v
 
 
-def check(out, ent, q, k, v, scale=None, out_atol=None):
-    ref_out, ref_ent = reference(q, k, v, scale)
+def check(out, ent, q, k, v, scale=None, out_atol=None, mask=None):
+    ref_out, ref_ent = reference(q, k, v, scale, mask)
     half = q.dtype in (torch.float16, torch.bfloat16)
     out_atol = out_atol if out_atol is not None else (2e-2 if half else 1e-4)
     assert out.shape == q.shape and out.dtype == q.dtype
@@ -71,7 +76,8 @@ def test_fused_unavailable_on_cpu_tensors():
 def test_fused_available_rules():
     q = torch.randn(1, 2, 8, 40, device="cuda", dtype=torch.float16)
     assert fused_available(q, q, q)
-    assert not fused_available(q, q, q, attn_mask=torch.zeros(8, 8, device="cuda"))
+    assert not fused_available(q, q, q, attn_mask=torch.zeros(8, 8, device="cuda"))  # per query
+    assert fused_available(q, q, q, attn_mask=torch.ones(1, 1, 1, 8, device="cuda", dtype=torch.bool))  # per key
     assert not fused_available(q.float(), q, q)  # mixed dtypes
     assert not fused_available(q.double(), q.double(), q.double())
     big = torch.randn(1, 2, 8, 320, device="cuda", dtype=torch.float16)
@@ -100,23 +106,38 @@ _INTERP_SCRIPT = textwrap.dedent(
         ee = ((ent.double() - re).abs() / re.clamp_min(1e-2)).max().item()
         assert eo < tol and ee < 1e-3, (B, H, Nq, Nk, D, dt, eo, ee)
         worst_out, worst_ent = max(worst_out, eo), max(worst_ent, ee)
-    # the TMA kernel's key-bias input (a padding mask over keys, pre-divided by the log2 score scale): not wired
-    # into the public call yet, checked here against a masked softmax
+    # key masks (HunyuanVideo's [B, 1, 1, N] padding mask; additive per-head biases with -inf): masked keys get zero
+    # weight, the entropy is over the unmasked keys; against an fp64 softmax with the same mask. TMA path (the
+    # interpreter takes it), then the pointer kernel (IEADAPT_KERNEL=pointer), incl. a small fp32 launch
+    import os
     from ieadapt_interp.core.kernels import flash_entropy as fe
-    B, H, Nq, Nk, D = 2, 2, 70, 90, 40
-    q = torch.randn(B, Nq, H, D).half().transpose(1, 2)
-    k, v = (torch.randn(B, Nk, H, D).half().transpose(1, 2) for _ in range(2))
-    keep = torch.ones(B, Nk, dtype=torch.bool); keep[0, 50:] = False; keep[1, 7:20] = False
-    qk_scale = D ** -0.5 * fe._LOG2E
-    kbias = torch.where(keep, 0.0, -1.0e30 / qk_scale).float().contiguous()
-    out = torch.empty(B, Nq, H, D, dtype=q.dtype).transpose(1, 2)
-    ent = torch.empty(B, H, Nq)
-    fe._launch_tma(q, k, v, out, ent, qk_scale, False, kbias=kbias)
-    s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(D)
-    a = torch.softmax(s.masked_fill(~keep[:, None, None, :], float("-inf")), -1)
-    re = -(a * torch.log(a.clamp_min(1e-300))).sum(-1)
-    eo, ee = (out.double() - a @ v.double()).abs().max().item(), ((ent.double() - re).abs() / re).max().item()
-    assert eo < 2e-2 and ee < 1e-3, ("key bias", eo, ee)
+    B, H = 2, 2
+    keep = torch.ones(B, 90, dtype=torch.bool); keep[0, 50:] = False; keep[1, 7:20] = False; keep[1, 64:] = False
+    add = torch.randn(B, H, 1, 90); add[0, 1, 0, 30:] = float("-inf"); add[1, 0, 0, :64] = -1.0e4
+    for path, Nq, Nk, D, dt, mask in [("tma", 70, 90, 40, torch.float16, keep[:, None, None, :]),
+                                      ("tma", 70, 90, 64, torch.float16, add),
+                                      ("pointer", 70, 90, 40, torch.float16, keep[:, None, None, :]),
+                                      ("pointer", 70, 90, 80, torch.float32, add),
+                                      ("pointer", 20, 40, 24, torch.float32, keep[:, None, None, :40])]:
+        os.environ["IEADAPT_KERNEL"] = path
+        q = torch.randn(B, Nq, H, D).to(dt).transpose(1, 2)
+        k, v = ((torch.randn(B, Nk, H, D) * 2).to(dt).transpose(1, 2) for _ in range(2))
+        out, ent = flash_attention_with_entropy(q, k, v, attn_mask=mask)
+        assert fe._tma_ok(q, k, v, out, D**-0.5) == (path == "tma"), path  # the path this case is about
+        s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(D)
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.double()
+        a = torch.softmax(s, -1)
+        re = -(a * torch.log(a.clamp_min(1e-300))).sum(-1)
+        tol = 2e-2 if dt == torch.float16 else 1e-4
+        eo, ee = (out.double() - a @ v.double()).abs().max().item(), ((ent.double() - re).abs() / re).max().item()
+        assert eo < tol and ee < 1e-3, ("key mask", path, D, dt, eo, ee)
+        worst_out, worst_ent = max(worst_out, eo), max(worst_ent, ee)
+    try:  # a per-query mask is refused, not silently treated as a key mask
+        flash_attention_with_entropy(q, k, v, attn_mask=torch.ones(Nq, Nk, dtype=torch.bool))
+        raise AssertionError("per-query mask accepted")
+    except ValueError:
+        pass
+    eo, ee = worst_out, worst_ent
     print("OK", max(worst_out, eo), max(worst_ent, ee))
     """
 )
@@ -265,6 +286,84 @@ def test_long_sequence(B, H, N, D, dtype):
     assert torch.isfinite(out).all() and torch.isfinite(ent).all()
     assert (out[:, :, rows].float() - ref_out.float()).abs().max().item() <= 2e-2
     assert ((ent[:, :, rows] - ref_ent).abs() / ref_ent).max().item() <= 1e-4
+
+
+def key_masks(B, H, N, device, seed=0):
+    """HunyuanVideo's boolean padding mask ``[B, 1, 1, N]`` (a different number of padded keys per batch row) and an
+    additive per-head mask ``[B, H, 1, N]`` with ``-inf`` entries."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    keep = torch.ones(B, 1, 1, N, dtype=torch.bool)
+    for b in range(B):
+        keep[b, ..., N - 1 - 37 * (b + 1) % max(1, N // 2):] = False
+    add = torch.randn(B, H, 1, N, generator=g)
+    add[0, -1, 0, N // 3:] = float("-inf")
+    return keep.to(device), add.to(device)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["default", "pointer"])
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+@pytest.mark.parametrize("head_dim", [40, 96, 128])
+def test_key_mask(head_dim, dtype, path, monkeypatch):
+    """A key mask (boolean padding mask, additive per-head mask with -inf) as the kernels' per-key bias: output and
+    entropy equal the fp64 softmax over the unmasked keys, on the TMA and the pointer kernel."""
+    if path == "pointer":
+        monkeypatch.setenv("IEADAPT_KERNEL", "pointer")
+    q, k, v = make_qkv(2, 3, 300, 333, head_dim, dtype, "cuda", contiguous=False, k_mult=2.0, seed=head_dim)
+    for mask in key_masks(2, 3, 333, "cuda", seed=head_dim):
+        assert fused_available(q, k, v, mask)
+        with torch.no_grad():
+            out, ent = flash_attention_with_entropy(q, k, v, attn_mask=mask)
+        check(out, ent, q, k, v, mask=mask)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert (out.float() - sdpa.float()).abs().max().item() <= 2e-2
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_key_mask_long_sequence_hunyuan_like():
+    """HunyuanVideo-like: 1 x 4 heads x 20 256 tokens x 128, bf16, the last 200 (padded text) keys masked; the
+    autotuned launch against SDPA with the mask and the chunked fp32 entropy of the non-fused path."""
+    from ieadapt_interp.core.entropy import row_entropy
+
+    N = 20256
+    q, k, v = make_qkv(1, 4, N, N, 128, BF16, "cuda", contiguous=False, seed=7)
+    keep = torch.ones(1, 1, 1, N, dtype=torch.bool, device="cuda")
+    keep[..., N - 200:] = False
+    with torch.no_grad():
+        out, ent = flash_attention_with_entropy(q, k, v, attn_mask=keep)
+    rows = slice(N - 700, N)  # includes the (masked-key) text rows and the last partial query block
+    ref_out = torch.nn.functional.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=keep)
+    ref_ent = row_entropy(q[:, :, rows], k, attn_mask=keep)
+    assert torch.isfinite(out).all() and torch.isfinite(ent).all()
+    assert (out[:, :, rows].float() - ref_out.float()).abs().max().item() <= 2e-2
+    assert ((ent[:, :, rows] - ref_ent).abs() / ref_ent).max().item() <= 1e-4
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_sdpa_with_entropy_fuses_key_masks_only(monkeypatch):
+    """The dispatch the interception uses: a key mask goes to the fused kernel, a per-query mask to SDPA plus the
+    chunked entropy; both equal the fp64 masked softmax."""
+    from ieadapt_interp.core import kernels
+    from ieadapt_interp.core.entropy import sdpa_with_entropy
+
+    calls = []
+    fused = kernels.flash_attention_with_entropy
+    monkeypatch.setattr(kernels, "flash_attention_with_entropy", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+    q, k, v = make_qkv(2, 3, 200, 200, 128, BF16, "cuda", contiguous=False, seed=3)
+    keep, _ = key_masks(2, 3, 200, "cuda")
+    with torch.no_grad():
+        out, ent = sdpa_with_entropy(q, k, v, keep)
+    assert calls == [1]
+    check(out, ent, q, k, v, mask=keep)
+    per_query = keep.expand(2, 1, 200, 200).clone()
+    per_query[:, :, :50, :10] = False
+    with torch.no_grad():
+        out, ent = sdpa_with_entropy(q, k, v, per_query)
+    assert calls == [1]
+    check(out, ent, q, k, v, mask=per_query)
 
 
 if __name__ == "__main__":  # fallback where pytest is not installed (e.g. a bare GPU image)

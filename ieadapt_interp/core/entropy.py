@@ -93,13 +93,22 @@ def value_mean(v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.
     return torch.matmul(weights, v.float())
 
 
-def squared_norm(x: torch.Tensor) -> torch.Tensor:
+def squared_norm(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``‖x_i‖²`` over the last dim, accumulated in fp32 without an fp32 copy of ``x``: ``[..., dim] → [...]``.
+
+    On CUDA (4-D ``x``) one Triton pass (:mod:`~ieadapt_interp.core.kernels.row_energy`); elsewhere PyTorch's
+    reduction. ``out`` (optional, contiguous fp32 ``[...]``) receives the result.
 
     >>> float(squared_norm(torch.tensor([[3.0, 4.0]]))[0])
     25.0
     """
-    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square()
+    from .kernels.row_energy import row_kernel_available, row_squared_norm
+
+    if row_kernel_available(x):
+        return row_squared_norm(x, out)
+    if out is None:
+        return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square()
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32, out=out).square_()
 
 
 def sdpa_with_entropy(
@@ -113,7 +122,8 @@ def sdpa_with_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output and per-row entropy.
 
-    On CUDA, where the fused Triton kernel applies, one pass returns both; otherwise the model's
+    On CUDA, where the fused Triton kernel applies (no mask, or a mask over keys only such as HunyuanVideo's
+    ``[B, 1, 1, N]`` padding mask), one pass returns both; otherwise (per-query masks, CPU) the model's
     own ``sdpa`` call gives the output (bit-identical to an untouched run) and :func:`row_entropy`
     the entropy.
 
@@ -124,7 +134,7 @@ def sdpa_with_entropy(
     use_fused = os.environ.get("IEADAPT_FUSED", "1") != "0"  # IEADAPT_FUSED=0 forces the two-pass path
     if use_fused and not sdpa_kwargs.get("is_causal") and not sdpa_kwargs.get("dropout_p") \
             and fused_available(q, k, v, attn_mask):
-        return flash_attention_with_entropy(q, k, v, scale=scale)
+        return flash_attention_with_entropy(q, k, v, scale=scale, attn_mask=attn_mask)  # None or a key mask
     sdpa = sdpa or torch.nn.functional.scaled_dot_product_attention
     out = sdpa(q, k, v, attn_mask=attn_mask, scale=scale, **sdpa_kwargs)
     return out, row_entropy(q, k, scale, attn_mask)

@@ -34,7 +34,7 @@ import os
 
 import torch
 
-__all__ = ["flash_attention_with_entropy", "fused_available", "triton_available"]
+__all__ = ["flash_attention_with_entropy", "fused_available", "is_key_mask", "triton_available"]
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
@@ -141,6 +141,8 @@ if _HAS_TRITON:
         DB: tl.constexpr,
         MASK_N: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        KB,
     ):
         MASK_A: tl.constexpr = DA > HEAD_DIM
         MASK_B: tl.constexpr = DA + DB > HEAD_DIM
@@ -156,6 +158,8 @@ if _HAS_TRITON:
                 K + cols[None, :] * stride_kn + offs_b[:, None], n_mask, b_mask, MASK_N, MASK_B
             )
             qk = tl.dot(q_b, kt_b, qk, input_precision=DOT_PREC)
+        if HAS_BIAS:  # per-key bias (a key mask), in units of the raw dot product: see _key_bias
+            qk = qk + tl.load(KB + cols, mask=n_mask, other=0.0)[None, :]
         qk = qk * qk_scale  # scores in log2 units
         if MASK_N:
             qk = tl.where(n_mask[None, :], qk, -1.0e30)
@@ -181,6 +185,9 @@ if _HAS_TRITON:
         V,
         O,
         ENT,
+        KBIAS,
+        stride_kbb,
+        stride_kbh,
         qk_scale,
         stride_qb,
         stride_qh,
@@ -205,6 +212,7 @@ if _HAS_TRITON:
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         DOT_PREC: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
     ):
         MASK_A: tl.constexpr = DA > HEAD_DIM
         MASK_B: tl.constexpr = DA + DB > HEAD_DIM
@@ -218,6 +226,7 @@ if _HAS_TRITON:
         K += off_b * stride_kb + off_h * stride_kh
         V += off_b * stride_vb + off_h * stride_vh
         O += off_b * stride_ob + off_h * stride_oh
+        KBIAS += off_b * stride_kbb + off_h * stride_kbh
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -265,6 +274,8 @@ if _HAS_TRITON:
                 DB,
                 False,
                 DOT_PREC,
+                HAS_BIAS,
+                KBIAS,
             )
         if n_full < Nk:
             acc_a, acc_b, m_i, l_i, t_i = _block_update(
@@ -290,6 +301,8 @@ if _HAS_TRITON:
                 DB,
                 True,
                 DOT_PREC,
+                HAS_BIAS,
+                KBIAS,
             )
 
         inv_l = 1.0 / l_i
@@ -333,12 +346,12 @@ if _HAS_TRITON:
 
     _fwd_tuned_two_slab = triton.autotune(
         configs=[c for c in configs if c.kwargs["BLOCK_N"] == 32],
-        key=["HEAD_DIM", "NQ_BUCKET", "NK_BUCKET"],
+        key=["HEAD_DIM", "NQ_BUCKET", "NK_BUCKET", "HAS_BIAS"],
     )(_fwd_kernel)
 
     _fwd_tuned = triton.autotune(
         configs=configs,
-        key=["HEAD_DIM", "NQ_BUCKET", "NK_BUCKET"],
+        key=["HEAD_DIM", "NQ_BUCKET", "NK_BUCKET", "HAS_BIAS"],
         prune_configs_by={"early_config_prune": _prune},
     )(_fwd_kernel)
 
@@ -352,12 +365,12 @@ if _HAS_TRITON:
     @triton.jit
     def _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk, qk_scale,
                    BLOCK_N: tl.constexpr, DP: tl.constexpr, MASK_N: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, KBIAS):
+                   HAS_BIAS: tl.constexpr, KB):
         k = k_desc.load([off_b, off_h, start_n, 0]).reshape(BLOCK_N, DP)
         qk = tl.dot(q, tl.trans(k))
-        if HAS_BIAS:  # key mask / key bias, pre-divided by qk_scale on the host
+        if HAS_BIAS:  # per-key bias (a key mask) in units of the raw dot product (see _key_bias)
             cols = start_n + tl.arange(0, BLOCK_N)
-            kb = tl.load(KBIAS + off_b.to(tl.int64) * Nk + cols, mask=cols < Nk, other=-1.0e30)
+            kb = tl.load(KB + cols, mask=cols < Nk, other=-1.0e30)
             qk = qk + kb[None, :]
         elif MASK_N:
             cols = start_n + tl.arange(0, BLOCK_N)
@@ -373,7 +386,8 @@ if _HAS_TRITON:
         return acc, m_new, l_i, t_i
 
     @triton.jit
-    def _fwd_kernel_tma(q_desc, k_desc, v_desc, o_desc, ENT, KBIAS, qk_scale, H, Nq, Nk, NQ_BUCKET, NK_BUCKET,
+    def _fwd_kernel_tma(q_desc, k_desc, v_desc, o_desc, ENT, KBIAS, stride_kbb, stride_kbh, qk_scale, H, Nq, Nk,
+                        NQ_BUCKET, NK_BUCKET,
                         HEAD_DIM: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         HAS_BIAS: tl.constexpr):
         pid = tl.program_id(0)
@@ -383,6 +397,7 @@ if _HAS_TRITON:
         off_b = pid_bh // H
         off_h = pid_bh % H
         start_m = pid_m * BLOCK_M
+        KB = KBIAS + off_b.to(tl.int64) * stride_kbb + off_h.to(tl.int64) * stride_kbh
         q = q_desc.load([off_b, off_h, start_m, 0]).reshape(BLOCK_M, DP)
         acc = tl.zeros([BLOCK_M, DP], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
@@ -391,10 +406,10 @@ if _HAS_TRITON:
         n_full = (Nk // BLOCK_N) * BLOCK_N
         for start_n in range(0, n_full, BLOCK_N):
             acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
-                                            qk_scale, BLOCK_N, DP, False, HAS_BIAS, KBIAS)
+                                            qk_scale, BLOCK_N, DP, False, HAS_BIAS, KB)
         if n_full < Nk:
             acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, n_full, Nk,
-                                            qk_scale, BLOCK_N, DP, True, HAS_BIAS, KBIAS)
+                                            qk_scale, BLOCK_N, DP, True, HAS_BIAS, KB)
         inv_l = 1.0 / l_i
         offs_m = start_m + tl.arange(0, BLOCK_M)
         ent = (tl.math.log2(l_i) - t_i * inv_l) * 0.6931471805599453  # nats
@@ -437,10 +452,11 @@ def fused_available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
     """Whether :func:`flash_attention_with_entropy` can compute this attention call.
 
     True iff ``q, k, v`` are CUDA tensors on one device with one dtype in {fp16, bf16, fp32}, shapes
-    ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, D)`` with ``0 < D <= 256`` and non-empty sequences, no
-    ``attn_mask``, triton importable, and no autograd needed (the kernel has no backward).
+    ``(B, H, Nq, D)``, ``(B, H, Nk, D)``, ``(B, H, Nk, D)`` with ``0 < D <= 256`` and non-empty sequences,
+    ``attn_mask`` either ``None`` or a key mask (:func:`is_key_mask`: boolean or additive, ``[B|1, H|1, 1, Nk]``;
+    per-query masks are not fused), triton importable, and no autograd needed (the kernel has no backward).
     """
-    if attn_mask is not None:
+    if attn_mask is not None and not is_key_mask(attn_mask, q, k):
         return False
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
         return False
@@ -460,6 +476,44 @@ def fused_available(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
     return triton_available()
 
 
+def is_key_mask(attn_mask, q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether ``attn_mask`` is a mask over keys only, which the kernels take as a per-key bias.
+
+    True for a boolean (True = attend) or floating (added to the scores) tensor whose shape, left-padded to 4 dims,
+    is ``[B or 1, H or 1, 1, Nk or 1]`` for ``q [B, H, Nq, D]``, ``k [B, H, Nk, D]``, e.g. HunyuanVideo's
+    ``[B, 1, 1, N]`` padding mask. A mask with a query dim (``[..., Nq, Nk]``) differs per query row: not fused.
+
+    >>> q = k = torch.zeros(2, 3, 5, 8)
+    >>> is_key_mask(torch.ones(2, 1, 1, 5, dtype=torch.bool), q, k), is_key_mask(torch.zeros(5, 5), q, k)
+    (True, False)
+    """
+    if not isinstance(attn_mask, torch.Tensor) or not 1 <= attn_mask.dim() <= 4 or attn_mask.numel() == 0:
+        return False
+    if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+        return False
+    mb, mh, mq, mk = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+    B, H, _, _ = q.shape
+    return mb in (1, B) and mh in (1, H) and mq == 1 and mk in (1, k.shape[2])
+
+
+def _key_bias(attn_mask: torch.Tensor, B: int, H: int, Nk: int, scale: float, device) -> torch.Tensor:
+    """A key mask (:func:`is_key_mask`) as the kernels' per-key bias: an fp32 ``[B, H, Nk]`` view, unit stride over
+    keys, stride 0 where the mask broadcasts.
+
+    Units: the raw dot product ``q . k``, i.e. the natural additive bias divided by ``scale``; ``False`` / ``-inf``
+    become ``-1e30`` in the kernel's log2 score units (exactly zero weight, no ``inf - inf``). A row whose keys are
+    all masked gets the uniform average instead of SDPA's NaN.
+    """
+    m = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))[:, :, 0, :].to(device)
+    if m.dtype == torch.bool:
+        bias = torch.zeros(m.shape, dtype=torch.float64, device=device).masked_fill_(~m, float("-inf"))
+    else:
+        bias = m.double()
+    floor = max(-1.0e30 / (scale * _LOG2E), -1.0e37)
+    kb = (bias / scale).clamp_min(floor).float()
+    return kb.expand(kb.shape[0], kb.shape[1], Nk).contiguous().expand(B, H, Nk)
+
+
 def _pick_config(nq: int, nk: int, d_tot: int, two_slab: bool = False) -> dict:
     """A fixed launch config for problems too small to be worth autotuning."""
     if nq <= 64 and nk <= 64:
@@ -473,7 +527,7 @@ def _pick_config(nq: int, nk: int, d_tot: int, two_slab: bool = False) -> dict:
 
 
 def flash_attention_with_entropy(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, attn_mask=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output and per-query-row attention entropy in one fused pass.
 
@@ -483,6 +537,9 @@ def flash_attention_with_entropy(
     k, v : Tensor ``[batch, head, key, dim]``
     scale : float, optional
         Score scale; ``1/sqrt(dim)`` when ``None`` (as :func:`torch.nn.functional.scaled_dot_product_attention`).
+    attn_mask : Tensor, optional
+        A key mask (:func:`is_key_mask`): boolean ``[B|1, H|1, 1, Nk]`` (True = attend) or an additive bias of
+        that shape, as SDPA takes it. Masked keys get zero weight: the entropy is over the unmasked keys only.
 
     Returns
     -------
@@ -514,6 +571,11 @@ def flash_attention_with_entropy(
     Nk = k.shape[2]
     if not (0 < D <= _MAX_HEAD_DIM):
         raise ValueError(f"head dim {D} not supported (1..{_MAX_HEAD_DIM})")
+    if attn_mask is not None and not is_key_mask(attn_mask, q, k):
+        raise ValueError(
+            f"attn_mask of shape {tuple(attn_mask.shape)} is not a key mask [B|1, H|1, 1, Nk]; per-query masks "
+            "are not fused: use F.scaled_dot_product_attention and core.entropy.row_entropy"
+        )
     if scale is None:
         scale = 1.0 / math.sqrt(D)
 
@@ -527,6 +589,7 @@ def flash_attention_with_entropy(
     if Nk == 0:
         raise ValueError("attention over zero keys is undefined")
 
+    kbias = None if attn_mask is None else _key_bias(attn_mask, B, H, Nk, float(scale), q.device)
     DA, DB = _split_head_dim(D)
     # fp32: three-pass tf32 on the tensor cores (~fp32 accuracy; plain "ieee" spills heavily in triton on Hopper)
     fp32 = q.dtype == torch.float32
@@ -537,6 +600,9 @@ def flash_attention_with_entropy(
         v,
         out,
         ent,
+        ent if kbias is None else kbias,
+        0 if kbias is None else kbias.stride(0),
+        0 if kbias is None else kbias.stride(1),
         float(scale) * _LOG2E,
         q.stride(0),
         q.stride(1),
@@ -560,7 +626,7 @@ def flash_attention_with_entropy(
     # autotune only where it pays (and compiles once per key); smaller problems take a fixed, sensible config
     big = B * H * Nq * Nk * (DA + DB) >= (1 << 30)
     if not small and _tma_ok(q, k, v, out, float(scale)):
-        _launch_tma(q, k, v, out, ent, float(scale) * _LOG2E, big and not interpret)
+        _launch_tma(q, k, v, out, ent, float(scale) * _LOG2E, big and not interpret, kbias=kbias)
         return out, ent
     if interpret or small or fp32 or not big:
         cfg = _pick_config(Nq, Nk, DA + DB, two_slab=DB > 0)
@@ -578,6 +644,7 @@ def flash_attention_with_entropy(
             BLOCK_M=cfg["BLOCK_M"],
             BLOCK_N=cfg["BLOCK_N"],
             DOT_PREC=dot_prec,
+            HAS_BIAS=kbias is not None,
             num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )
@@ -587,7 +654,7 @@ def flash_attention_with_entropy(
             return (triton_cdiv(Nq, meta["BLOCK_M"]) * B * H,)
 
         tuned = _fwd_tuned_two_slab if DB > 0 else _fwd_tuned
-        tuned[grid](*args, HEAD_DIM=D, DA=DA, DB=DB, DOT_PREC=dot_prec)
+        tuned[grid](*args, HEAD_DIM=D, DA=DA, DB=DB, DOT_PREC=dot_prec, HAS_BIAS=kbias is not None)
     return out, ent
 
 
@@ -606,10 +673,7 @@ def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
 def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Tensor | None = None) -> None:
     """Launch :func:`_fwd_kernel_tma` (autotuned when ``tune``) on ``[B, H, N, D]`` views; fills ``out``, ``ent``.
 
-    ``kbias`` (optional, ``[B, Nk]`` fp32, contiguous): a per-key score bias in the kernel's units, i.e. the natural
-    bias divided by the score scale (``-1e30 / qk_scale`` masks a key). Not used by
-    :func:`flash_attention_with_entropy` yet (key-padding masks such as HunyuanVideo's still take the non-fused
-    path); checked under triton's interpreter only (tests/test_kernels_gpu.py).
+    ``kbias`` (optional): the per-key bias from :func:`_key_bias`, ``[B, H, Nk]`` fp32, unit stride over keys.
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
@@ -619,7 +683,8 @@ def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Ten
         return _TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, DP])
 
     meta = {"HEAD_DIM": D, "DP": DP, "HAS_BIAS": kbias is not None}
-    args = [None, None, None, None, ent, kbias if kbias is not None else ent, qk_scale, H, Nq, Nk,
+    kb_args = [ent, 0, 0] if kbias is None else [kbias, kbias.stride(0), kbias.stride(1)]
+    args = [None, None, None, None, ent, *kb_args, qk_scale, H, Nq, Nk,
             min(_next_pow2(Nq), 1 << 16), min(_next_pow2(Nk), 1 << 16)]
     if tune:
         args[:4] = [desc(q, 128), desc(k, 64), desc(v, 64), desc(out, 128)]  # block shapes set by the pre-hook
