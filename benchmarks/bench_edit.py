@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import ieadapt_interp as ia  # noqa: E402
-from ieadapt_interp.methods.editing import UNCOND, Edit, edit_many  # noqa: E402
+from ieadapt_interp.methods.editing import Edit, edit_many  # noqa: E402
 from ieadapt_interp.methods.inversion import invert  # noqa: E402
 
 TOY = dict(num_frames=16, height=64, width=64, num_inference_steps=25, guidance_scale=5.0)
@@ -70,21 +70,29 @@ def edit_pairs(n: int) -> list[tuple[str, str, str]]:
     return pairs
 
 
+#: the target's unconditional-row rule of every study method: "source", the default when the stored study
+#: (results/edit_study_rows_h200_2026-12-01.csv) ran, kept so that new pairs merge with it; IE-Adapt r = 0.5 also
+#: runs with "own" (the present default), labelled "ieadapt r=0.5 uncond=own" as in that file
+STUDY_UNCOND = "source"
+
+
 def study_edits(pipe, target: str) -> list[Edit]:
     names = ia.attention_layers(pipe)
     decoder = [n for n, k in zip(names.name, names.kind) if k in ("spatial", "temporal") and n.startswith("up_blocks")]
-    other = [u for u in UNCOND if u != UNCOND[0]][0]  # the non-default unconditional-row rule, for comparison
-    return [Edit(target, "ieadapt", 0.25), Edit(target, "ieadapt", 0.5), Edit(target, "ieadapt", 0.5, uncond=other),
-            Edit(target, "ieadapt", 0.65), Edit(target, "ieadapt", 0.75), Edit(target, "all"),
-            Edit(target, "fixed", layers=tuple(decoder)), Edit(target, "masactrl"), Edit(target, "value"),
-            Edit(target, "p2p"), Edit(target, "none")]
+    u = dict(uncond=STUDY_UNCOND)
+    return [Edit(target, "ieadapt", 0.25, **u), Edit(target, "ieadapt", 0.5, **u),
+            Edit(target, "ieadapt", 0.5, uncond="own"), Edit(target, "ieadapt", 0.65, **u),
+            Edit(target, "ieadapt", 0.75, **u), Edit(target, "all", **u),
+            Edit(target, "fixed", layers=tuple(decoder), **u), Edit(target, "masactrl", **u),
+            Edit(target, "value", **u), Edit(target, "p2p"), Edit(target, "none")]
 
 
 def study_label(e: Edit) -> str:
-    """``"ieadapt r=0.5"`` (the ratio always shown), else the edit's own label."""
+    """The stored study's method names: ``"ieadapt r=0.5"`` (uncond source; the ratio always shown),
+    ``"ieadapt r=0.5 uncond=own"``, else the method (``all``, ``fixed``, ``masactrl``, ``value``, ``p2p``, ``none``)."""
     if e.method != "ieadapt":
-        return e.label
-    return " ".join([f"ieadapt r={e.ratio:g}", *([f"uncond={e.uncond}"] if e.uncond != UNCOND[0] else [])])
+        return e.method
+    return f"ieadapt r={e.ratio:g}" + (" uncond=own" if e.uncond == "own" else "")
 
 
 def score(video, reference, source, target) -> dict:
@@ -104,7 +112,7 @@ def study_rows(args) -> list[dict]:
     settings = {**TOY, **json.loads(args.settings)}
     n = args.pairs  # interleaved (pair j of each attribute, each kind) so that a time budget cuts evenly
     order = [(a * n + j, kind) for j in range(n) for a in range(3) for kind in args.kinds]
-    units = [(i, kind) for i, kind in order if i < len(pairs)
+    units = [(i, kind) for i, kind in order if i < len(pairs) and (args.pair_ids is None or i in args.pair_ids)
              and not (kind == "generated" and i < args.generated_from)][args.shard::args.shards]
     rows = []
     start = time.perf_counter()
@@ -150,17 +158,54 @@ def parallel_study(args) -> list[dict]:
 
     import pandas as pd
 
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(args.shard_dir) if args.shard_dir else Path(tempfile.mkdtemp())  # shard CSVs, kept per source
+    tmp.mkdir(parents=True, exist_ok=True)
     common = ["--study", "--device", args.device, "--pairs", str(args.pairs), "--budget", str(args.budget),
               "--kinds", *args.kinds, "--generated-from", str(args.generated_from), "--settings", args.settings,
-              "--shards", str(args.jobs)]
+              "--shards", str(args.jobs), *(["--pair-ids", *map(str, args.pair_ids)] if args.pair_ids else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
     procs = [subprocess.Popen([sys.executable, __file__, *common, "--shard", str(k), "--csv", str(tmp / f"{k}.csv"),
                                "--out", str(tmp / f"{k}.json")], env=env) for k in range(args.jobs)]
     codes = [p.wait() for p in procs]
-    frames = [pd.read_csv(tmp / f"{k}.csv") for k in range(args.jobs) if (tmp / f"{k}.csv").is_file()]
+    frames = [pd.read_csv(tmp / f"{k}.csv") for k in range(args.jobs)
+              if (tmp / f"{k}.csv").is_file() and (tmp / f"{k}.csv").stat().st_size > 1]  # a shard with no unit: empty
     print(f"study: shard exit codes {codes}", flush=True)
     return pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
+
+
+def merge_rows(frames: list, n_pairs: int):
+    """Study CSVs of one study → one frame; refuses a (pair, source kind, method) twice and a pair whose captions
+    differ from :func:`edit_pairs` (so a top-up continues the stored pairs instead of repeating them)."""
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True)
+    twice = df[df.duplicated(["pair", "source_kind", "method"], keep=False)]
+    if len(twice):
+        raise SystemExit(f"merge: {len(twice)} rows repeat a (pair, source_kind, method): "
+                         f"{sorted(set(zip(twice.pair, twice.source_kind)))[:10]}")
+    pairs = edit_pairs(n_pairs)
+    wrong = sorted({(int(r.pair), r.source_kind) for r in df.itertuples()
+                    if tuple(pairs[int(r.pair)]) != (r.attribute, r.source, r.target)})
+    if wrong:
+        raise SystemExit(f"merge: pairs whose captions are not edit_pairs({n_pairs})'s: {wrong[:10]}")
+    return df.sort_values(["source_kind", "pair", "method"], kind="stable").reset_index(drop=True)
+
+
+def uncond_comparison(df) -> dict:
+    """IE-Adapt r = 0.5 with the target's unconditional row its own vs the source's: per source kind, the pairs
+    where success-and-preserved differs (own only / source only) and the mean path distance of each."""
+    both = df.assign(both=((df.edit_success == 1) & (df.edit_preservation == 1)))
+    out = {}
+    for kind, frame in both.groupby("source_kind"):
+        own = frame[frame.method == "ieadapt r=0.5 uncond=own"].set_index("pair")
+        src = frame[frame.method == "ieadapt r=0.5"].set_index("pair")
+        common = own.index.intersection(src.index)
+        o, s = own.loc[common, "both"], src.loc[common, "both"]
+        out[kind] = {"pairs": int(len(common)), "own_only": int((o & ~s).sum()), "source_only": int((s & ~o).sum()),
+                     "own_both": int(o.sum()), "source_both": int(s.sum()),
+                     "path_px_own": float(own.loc[common, "trajectory_distance"].mean()),
+                     "path_px_source": float(src.loc[common, "trajectory_distance"].mean())}
+    return out
 
 
 def summarise(df) -> dict:
@@ -178,6 +223,11 @@ def summarise(df) -> dict:
     both = df.assign(both=((df.edit_success == 1) & (df.edit_preservation == 1)).astype(float))
     tables["success_and_preserved"] = both.groupby(["method", "source_kind"]).both.mean().unstack().round(4) \
         .to_dict("index")
+    off = both[(both.source_kind == "rendered") & both.off_path]
+    tables["success_and_preserved_rendered_off_path"] = off.groupby("method").both.mean().round(4).to_dict()
+    by = both.assign(group=both.source_kind + "/" + both.attribute)
+    tables["success_and_preserved_by_attribute"] = by.groupby(["method", "group"]).both.mean().round(4).unstack() \
+        .to_dict("index")
     rendered = df[(df.source_kind == "rendered")].drop_duplicates("pair")
     inversion = {"n": int(len(rendered))}
     if "inversion_psnr" in df and len(rendered):
@@ -189,7 +239,9 @@ def summarise(df) -> dict:
                 ssim_median=("inversion_ssim", "median"), vae_psnr_median=("vae_psnr", "median")).round(3) \
                 .to_dict("index")
     counts = df.drop_duplicates(["pair", "source_kind"]).groupby(["source_kind", "attribute"]).size()
-    return {"pairs": {f"{k}/{a}": int(n) for (k, a), n in counts.items()}, "tables": tables, "inversion": inversion}
+    off = df[df.source_kind == "rendered"].drop_duplicates("pair").off_path.sum()
+    return {"pairs": {f"{k}/{a}": int(n) for (k, a), n in counts.items()}, "rendered_off_path": int(off),
+            "tables": tables, "inversion": inversion, "uncond": uncond_comparison(df)}
 
 
 # -- benchmark ----------------------------------------------------------------------------------------------
@@ -264,65 +316,143 @@ def _peak(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB on Linux)
 
 
-def measure(case: str, device: str, steps: int, reps: int, which: str) -> dict:
-    """Time and peak memory of ``which`` ('plain' or 'edit') on ``case`` in this process."""
+def cost_case(case: str, device: str):
+    """``(pipe, call settings, source prompt, target prompt, source video)`` of a cost case."""
     if case == "toy":
         pipe, kw = ia.load_pipeline(device=device), dict(TOY)
         kw.pop("num_inference_steps")
         source_prompt = "a red circle moving right on a black background"
-        target_prompt = "a blue circle moving right on a black background"
-        video = render_clip(source_prompt, 0, True)
+        return pipe, kw, source_prompt, "a blue circle moving right on a black background", \
+            render_clip(source_prompt, 0, True)
+    if case == "tiny":  # a smoke test of the driver (tiny random AnimateDiff)
+        pipe = ia.load_pipeline("tiny:animatediff", device=device)
+        kw = dict(num_frames=4, height=16, width=16, guidance_scale=7.5)
     else:
         pipe, kw = real_pipeline(case, device)
-        source_prompt, target_prompt = "a red car", "a blue car"
-        rng = np.random.default_rng(0)
-        video = rng.integers(0, 256, (kw["num_frames"], kw["height"], kw["width"], 3), dtype=np.uint8)
-    steps = 25 if case == "toy" else steps
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (kw["num_frames"], kw["height"], kw["width"], 3), dtype=np.uint8)
+    return pipe, kw, "a red car", "a blue car", video
+
+
+def cost_functions(pipe, kw: dict, source_prompt: str, target_prompt: str, video, steps: int) -> dict:
+    """The timed functions: ``plain`` (``ia.generate`` of the target), ``edit`` (the user's path: ``edit_many`` of
+    the video inverts it itself — entropy-only capture, no reconstruction — then the 3-row batch and both
+    decodes) and ``edit_full_capture`` (the same with an inversion that records every StatsRecorder variable, as
+    before the entropy-only capture)."""
+    size = {k: kw[k] for k in ("num_frames", "height", "width")}
 
     def plain():
         return ia.generate(pipe, target_prompt, num_inference_steps=steps, seed=0, **kw).video
 
     def edit():
-        inv = invert(pipe, video, source_prompt, num_inference_steps=steps, capture=True, reconstruct=False,
-                     num_frames=kw["num_frames"], height=kw["height"], width=kw["width"])
+        return edit_many(pipe, video, source_prompt, [Edit(target_prompt)], num_inference_steps=steps, **kw)[0].video
+
+    def edit_full_capture():
+        inv = invert(pipe, video, source_prompt, num_inference_steps=steps, capture=True, reconstruct=False, **size)
         return edit_many(pipe, video, source_prompt, [Edit(target_prompt)], inversion=inv,
                          num_inference_steps=steps, **kw)[0].video
 
-    fn = plain if which == "plain" else edit
-    fn()  # warm-up (kernels, allocator)
+    return {"plain": plain, "edit": edit, "edit_full_capture": edit_full_capture}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps: int, device: str) -> dict:
+    """Median seconds of ``reps`` runs of ``fn`` (already warm) and the peak memory over them."""
     _peak_reset(device)
     times = []
     for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _sync(device)
         t0 = time.perf_counter()
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "peak_gib": _peak(device), "steps": steps}
+    return {"seconds": statistics.median(times), "runs": times, "peak_gib": _peak(device)}
+
+
+def phases(pipe, kw: dict, source_prompt: str, target_prompt: str, video, steps: int, device: str) -> dict:
+    """Seconds of the edit's parts, one warm run each: the VAE encode, the inversion (encode included) without
+    capture / with the entropy only / with every statistic, the edit run given the inversion (text encode, the
+    3-row batch, both decodes) and one video's decode."""
+    from ieadapt_interp.methods.inversion import decode
+    from ieadapt_interp.methods.sources import encode_video
+
+    size = {k: kw[k] for k in ("num_frames", "height", "width")}
+    held = {}
+
+    def inversion(capture):
+        held["inv"] = invert(pipe, video, source_prompt, num_inference_steps=steps, capture=capture,
+                             reconstruct=False, **size)
+
+    parts = {"vae_encode": lambda: encode_video(pipe, video),
+             "inversion_no_capture": lambda: inversion(False),
+             "inversion_full_capture": lambda: inversion(True),
+             "inversion_entropy_capture": lambda: inversion("entropy"),
+             "edit_run_given_inversion": lambda: edit_many(pipe, video, source_prompt, [Edit(target_prompt)],
+                                                           inversion=held["inv"], num_inference_steps=steps, **kw),
+             "decode_one_video": lambda: decode(pipe, held["inv"].latents[0])}
+    return {name: timed(fn, 1, device)["seconds"] for name, fn in parts.items()}
+
+
+def measure(case: str, device: str, steps: int, reps: int, which: str) -> dict:
+    """Time and peak memory of ``which`` (see :func:`cost_functions`) on ``case`` in this process (warm-up first)."""
+    pipe, kw, source_prompt, target_prompt, video = cost_case(case, device)
+    steps = 25 if case == "toy" else steps
+    fn = cost_functions(pipe, kw, source_prompt, target_prompt, video, steps)[which]
+    fn()  # warm-up (kernels, allocator)
+    return {**timed(fn, reps, device), "steps": steps}
+
+
+def bench_gpu_case(case: str, args, save) -> dict:
+    """Every step count of ``args.steps`` on one pipeline: plain, edit, edit with the full capture (each warmed up
+    once at the first step count; ``args.reps`` timed runs) and, with ``--phases``, the edit's parts."""
+    pipe, kw, source_prompt, target_prompt, video = cost_case(case, args.device)
+    out = {}
+    for n, steps in enumerate(args.steps):
+        fns = cost_functions(pipe, kw, source_prompt, target_prompt, video, steps)
+        row = {}
+        for which, fn in fns.items():
+            if n == 0:
+                fn()  # warm-up (kernels, autotuning, allocator)
+            row[which] = {**timed(fn, args.reps, args.device), "steps": steps}
+            torch.cuda.empty_cache()
+        row["time_ratio"] = row["edit"]["seconds"] / row["plain"]["seconds"]
+        row["memory_ratio"] = row["edit"]["peak_gib"] / row["plain"]["peak_gib"]
+        row["time_ratio_full_capture"] = row["edit_full_capture"]["seconds"] / row["plain"]["seconds"]
+        if args.phases:
+            row["phases"] = phases(pipe, kw, source_prompt, target_prompt, video, steps, args.device)
+        print(case, steps, json.dumps(row), flush=True)
+        out[f"steps_{steps}"] = row
+        save(out)
+    return out
 
 
 def bench(args) -> dict:
-    out = {}
+    out = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else
+           f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+           "versions": ia.core.versions.versions_string() if hasattr(ia.core, "versions") else ""}
+
+    def save(partial):  # written after every step count: a run stopped from outside keeps what it measured
+        if args.out:
+            Path(args.out).with_suffix(".partial.json").write_text(json.dumps({**out, case: partial}, indent=1))
+
     for case in args.cases:
+        if args.device != "cpu":
+            out[case] = bench_gpu_case(case, args, save)
+            continue
         row = {}
-        for which in ("plain", "edit"):
-            if args.device == "cpu":  # a fresh process each: peak RSS is per process
-                cmd = [sys.executable, __file__, "--child", case, which, "--device", "cpu", "--reps", str(args.reps),
-                       "--steps", str(args.steps)]
-                res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                row[which] = json.loads(res.stdout.strip().splitlines()[-1])
-            else:
-                row[which] = measure(case, args.device, args.steps, args.reps, which)
-                torch.cuda.empty_cache()
+        for which in ("plain", "edit"):  # a fresh process each: peak RSS is per process
+            cmd = [sys.executable, __file__, "--child", case, which, "--device", "cpu", "--reps", str(args.reps),
+                   "--steps", str(args.steps[0])]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            row[which] = json.loads(res.stdout.strip().splitlines()[-1])
         row["time_ratio"] = row["edit"]["seconds"] / row["plain"]["seconds"]
         row["memory_ratio"] = row["edit"]["peak_gib"] / row["plain"]["peak_gib"]
         print(case, json.dumps(row), flush=True)
         out[case] = row
-    out["device"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({os.cpu_count()} cores," \
-        f" {torch.get_num_threads()} threads)"
-    out["versions"] = ia.core.versions.versions_string() if hasattr(ia.core, "versions") else ""
     return out
 
 
@@ -333,7 +463,8 @@ def main() -> None:
     p.add_argument("--child", nargs=2, metavar=("CASE", "WHICH"))
     p.add_argument("--cases", nargs="+", default=["toy"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps of the real-scale cases")
+    p.add_argument("--steps", type=int, nargs="+", default=[4], help="denoising steps of the real-scale cases")
+    p.add_argument("--phases", action="store_true", help="bench: also time the edit's parts (one run each)")
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--budget", type=float, default=1e9, help="study: stop starting new pairs after this many s")
@@ -341,6 +472,8 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--kinds", nargs="+", default=["generated", "rendered"], help="study: source kinds")
     p.add_argument("--generated-from", type=int, default=0, help="study: generated sources from this pair index")
+    p.add_argument("--pair-ids", type=int, nargs="+", help="study: only these pair indices (topping up a study)")
+    p.add_argument("--shard-dir", help="study with --jobs: where the shards write their CSVs (default: a temp dir)")
     p.add_argument("--jobs", type=int, default=1, help="study: shard processes run side by side")
     p.add_argument("--settings", default="{}", help="study: JSON overrides of the sampling settings (a smoke test)")
     p.add_argument("--summarise", nargs="+", metavar="CSV", help="merge study CSVs into the tables")
@@ -348,7 +481,7 @@ def main() -> None:
     p.add_argument("--csv")
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], args.device, args.steps, args.reps, args.child[1])))
+        print(json.dumps(measure(args.child[0], args.device, args.steps[0], args.reps, args.child[1])))
         return
     result = {}
     if args.study:
@@ -357,11 +490,12 @@ def main() -> None:
         rows = pd.DataFrame(study_rows(args) if args.jobs == 1 else parallel_study(args))
         if args.csv:
             rows.to_csv(args.csv, index=False)
-        result["study"] = {**summarise(rows), "settings": {**TOY, **json.loads(args.settings)}}
+        if len(rows):
+            result["study"] = {**summarise(rows), "settings": {**TOY, **json.loads(args.settings)}}
     if args.summarise:
         import pandas as pd
 
-        rows = pd.concat([pd.read_csv(f) for f in args.summarise], ignore_index=True)
+        rows = merge_rows([pd.read_csv(f) for f in args.summarise], args.pairs)
         if args.csv:
             rows.to_csv(args.csv, index=False)
         result["study"] = {**summarise(rows), "settings": TOY}

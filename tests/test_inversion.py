@@ -2,6 +2,7 @@
 rendered clip on the embedded model (PSNR held), and clean failure."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -72,3 +73,33 @@ def test_a_scheduler_without_inverse_fails_cleanly(animatediff):
         ia.invert(pipe, video, "a red circle", num_inference_steps=2)
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
     assert not [m for m in pipe.unet.modules() if m._forward_pre_hooks or m._forward_hooks]
+
+
+@pytest.mark.parametrize("arch, kw", [("animatediff", ANIMATEDIFF_KW), ("cogvideox", COGVIDEOX_KW)])
+def test_entropy_only_capture_equals_the_full_one_and_the_edit_is_unchanged(animatediff, cogvideox, arch, kw):
+    """``capture="entropy"`` (what an edit's inversion records) gives the core StatsRecorder's entropy bit for bit,
+    the same ``L_edit`` and the same edited video as an edit from a fully captured inversion."""
+    from ieadapt_interp.methods.editing import Edit, edit_many
+
+    pipe = animatediff if arch == "animatediff" else cogvideox
+    video = np.random.default_rng(2).integers(0, 256, (kw["num_frames"], kw["height"], kw["width"], 3), np.uint8)
+    args = dict(num_inference_steps=kw["num_inference_steps"], reconstruct=False)
+    full = ia.invert(pipe, video, "a red circle", capture=True, **args)
+    cheap = ia.invert(pipe, video, "a red circle", capture="entropy", **args)
+    assert {"energy", "map_entropy_hist"} <= set(full.stats.data_vars)
+    assert set(cheap.stats.data_vars) <= {"entropy", "entropy_pct", "entropy_text", "entropy_text_pct"}
+    for var in cheap.stats.data_vars:
+        np.testing.assert_array_equal(cheap.stats[var].values, full.stats[var].values)
+    torch.testing.assert_close(cheap.latents, full.latents, rtol=0, atol=0)
+    assert cheap.stats.ieadapt.low_entropy_layers(0.5) == full.stats.ieadapt.low_entropy_layers(0.5)
+    edits = [Edit("a blue circle"), Edit("a blue circle", "value")]
+    kw = {**kw, "guidance_scale": 7.5}
+    reference = edit_many(pipe, video, "a red circle", edits, inversion=full, **kw)
+    default = edit_many(pipe, video, "a red circle", edits, **kw)     # inverts inside with capture="entropy"
+    assert set(default[0].inversion.stats.data_vars) <= set(cheap.stats.data_vars)
+    for a, b in zip(reference, default):
+        np.testing.assert_array_equal(a.video, b.video)
+        np.testing.assert_array_equal(a.source_video, b.source_video)
+        pd.testing.assert_frame_equal(a.layers, b.layers)
+    with pytest.raises(IEAdaptError, match="capture"):
+        ia.invert(pipe, video, "a red circle", capture="maps", **args)

@@ -493,8 +493,9 @@ def edit_many(
                 negative_prompt=negative_prompt, **size)
     else:
         if inversion is None or (needs_stats and inversion.stats is None):
+            capture = (True if stats else "entropy") if needs_stats else False  # L_edit reads the entropy only
             inversion = invert(pipe, src.video, source_prompt, num_inference_steps=steps,
-                               guidance_scale=inversion_guidance, reconstruct=False, capture=needs_stats,
+                               guidance_scale=inversion_guidance, reconstruct=False, capture=capture,
                                progress=progress, **size)
         elif inversion.num_inference_steps != steps:
             raise IEAdaptValueError(f"the given inversion has {inversion.num_inference_steps} steps; this edit uses "
