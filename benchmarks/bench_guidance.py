@@ -7,6 +7,11 @@ Three sub-commands (not timed tests; results go to benchmarks/RESULTS.md and ben
     ``(U, I)`` (4 rows), through :class:`~ieadapt_interp.methods.guidance.GuidedDenoiser` on the denoiser
     alone. On CUDA: the real-scale random-weight configs of ``bench_trace.py`` (AnimateDiff 16×512² fp16,
     CogVideoX-5B 49×480×720 bf16); on CPU: the embedded model at its default size (fp32, 16×64²).
+    Transformers whose blocks run in sequence (CogVideoX) share the blocks before the perturbed one
+    (prefix sharing), so the cost depends on where the perturbed layer is: ``--positions first middle last``
+    times the guidance with the perturbed layer in the first, the middle and the last self-attention block
+    (``first`` = no saving), ``--no-share`` the full extra rows. UNets are timed at their last self-attention
+    layer only (no sharing).
 ``calibrate-toy``
     The embedded model's registry (``ieadapt_interp/models/toy/registry.json``): :func:`ia.calibrate` over
     :data:`TOY_CALIBRATION_PROMPTS` (training captions, none held out), seeds 0 and 1, DEFAULT_SAMPLING.
@@ -46,10 +51,10 @@ TOY_CALIBRATION_PROMPTS = (
 
 
 # -- speed ------------------------------------------------------------------------------------------------
-def _time(fn, reps: int, cuda: bool) -> tuple[float, float]:
+def _time(fn, reps: int, cuda: bool, warmup: int = 2) -> tuple[float, float]:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
-    for _ in range(2):
+    for _ in range(warmup):
         fn()
     sync()
     if cuda:
@@ -88,10 +93,34 @@ def _repeat_rows(factor: int):
     return hook
 
 
-def bench_speed(name: str, reps: int, device: str, factors=(), guidance: bool = True) -> dict:
+def perturbed_positions(pipe_like, positions=("first", "middle", "last")) -> dict[str, str]:
+    """``{"first": layer, …}``: the self-attention layer of the first / middle / last block that holds one
+    (the adapter's ordered blocks); a UNet (no ordered blocks) gets only ``"last"``: its last self-attention layer.
+
+    >>> import ieadapt_interp as ia
+    >>> perturbed_positions(ia.tiny_pipeline("cogvideox"))
+    {'first': 'transformer_blocks.0.attn1', 'middle': 'transformer_blocks.1.attn1', 'last': 'transformer_blocks.1.attn1'}
+    """
+    from ieadapt_interp import attention_layers
+    from ieadapt_interp.core.adapters import denoiser, get_adapter
+
+    table = attention_layers(pipe_like)
+    names = list(table[table.kind != "cross"].name)
+    blocks = [path for path, _ in get_adapter(pipe_like).block_list(denoiser(pipe_like))]
+    if not blocks:
+        return {"last": names[-1]}
+    holding = [[n for n in names if n.startswith(b + ".")] for b in blocks]
+    holding = [h[0] for h in holding if h]
+    picks = {"first": holding[0], "middle": holding[len(holding) // 2], "last": holding[-1]}
+    return {p: picks[p] for p in positions}
+
+
+def bench_speed(name: str, reps: int, device: str, factors=(), guidance: bool = True,
+                positions=("first", "middle", "last"), share: bool = True, warmup: int = 2) -> dict:
     from ieadapt_interp import Guidance, attention_layers
     from ieadapt_interp.core.interception import Interception
     from ieadapt_interp.methods.calibration import Registry, TOY_REGISTRY
+    from ieadapt_interp.core.adapters import denoiser, get_adapter
     from ieadapt_interp.methods.guidance import GuidedDenoiser
 
     if name == "toy":
@@ -103,30 +132,40 @@ def bench_speed(name: str, reps: int, device: str, factors=(), guidance: bool = 
             pipe_like, step = {"animatediff": animatediff_case, "cogvideox": cogvideox_case}[name](device)
     table = attention_layers(pipe_like)
     if name == "toy" and TOY_REGISTRY.is_file():
-        layer = Registry.load(TOY_REGISTRY).l_star
-    else:  # random weights: the layer choice does not change the cost; the last self-attention layer
-        layer = table[table.kind != "cross"].name.iloc[-1]
+        layers = {"l*": Registry.load(TOY_REGISTRY).l_star}
+    else:  # random weights: the layer's position (which block holds it) is what changes the cost
+        layers = perturbed_positions(pipe_like, positions)
+    blocks = [path for path, _ in get_adapter(pipe_like).block_list(denoiser(pipe_like))]
     cuda = device.startswith("cuda")
-    result = {"model": name, "device": device, "layer": layer, "reps": reps}
+    result = {"model": name, "device": device, "reps": reps, "warmup": warmup, "share_prefix": share,
+              "blocks": len(blocks), "self_attention_layers": int((table.kind != "cross").sum())}
     with torch.no_grad():
-        result["plain_ms"], result["plain_peak_gib"] = _time(step, reps, cuda)
+        result["plain_ms"], result["plain_peak_gib"] = _time(step, reps, cuda, warmup)
         for factor in factors:  # the plain denoiser at batch 2 × factor (rows repeated)
             model = next(m for m in vars(pipe_like).values() if isinstance(m, torch.nn.Module))
             handle = model.register_forward_pre_hook(_repeat_rows(factor), with_kwargs=True)
             try:
-                ms, peak = _time(step, reps, cuda)
+                ms, peak = _time(step, reps, cuda, warmup)
             finally:
                 handle.remove()
             result[f"batch{2 * factor}_ms"], result[f"batch{2 * factor}_peak_gib"] = ms, peak
             result[f"batch{2 * factor}_over_batch2"] = ms / result["plain_ms"]
-        for pos, neg in (("A", "I"), ("U", "I")) if guidance else ():
-            g = Guidance(pos, neg, scale=2.0, layers=layer)
-            key = f"{pos}{neg}"
-            with Interception(pipe_like, g.handlers([layer])) as ic, GuidedDenoiser(pipe_like, g, ic, cfg=True) as run:
-                result[f"{key}_ms"], result[f"{key}_peak_gib"] = _time(step, reps, cuda)
-            result[f"{key}_rows"] = run.batches[-1][1]
-            result[f"{key}_time_ratio"] = result[f"{key}_ms"] / result["plain_ms"]
-            result[f"{key}_memory_ratio"] = result[f"{key}_peak_gib"] / result["plain_peak_gib"]
+        result["positions"] = []
+        for where, layer in layers.items() if guidance else ():
+            block = next((i for i, b in enumerate(blocks) if layer.startswith(b + ".")), None)
+            row = {"position": where, "layer": layer, "block": block}
+            for pos, neg in (("A", "I"), ("U", "I")):
+                g = Guidance(pos, neg, scale=2.0, layers=layer, share_prefix=share)
+                key = f"{pos}{neg}"
+                with Interception(pipe_like, g.handlers([layer])) as ic, \
+                        GuidedDenoiser(pipe_like, g, ic, cfg=True, layers=[layer]) as run:
+                    row[f"{key}_ms"], row[f"{key}_peak_gib"] = _time(step, reps, cuda, warmup)
+                row[f"{key}_rows"] = run.batches[-1][1]
+                row["shared_blocks"] = sum(run.shared_blocks.values())
+                row[f"{key}_time_ratio"] = row[f"{key}_ms"] / result["plain_ms"]
+                row[f"{key}_memory_ratio"] = row[f"{key}_peak_gib"] / result["plain_peak_gib"]
+            print(json.dumps({"model": name, **row}), flush=True)
+            result["positions"].append(row)
     print(json.dumps(result), flush=True)
     del pipe_like, step
     if cuda:
@@ -208,6 +247,10 @@ def main() -> None:
     p.add_argument("--batch-factors", type=int, nargs="*", default=[],
                    help="also time the plain denoiser at batch 2 × each factor (e.g. 2 → batch 4)")
     p.add_argument("--no-guidance", action="store_true", help="skip the (A,I) / (U,I) timings")
+    p.add_argument("--positions", nargs="*", default=["first", "middle", "last"],
+                   help="where the perturbed layer is (transformers with ordered blocks): first / middle / last block")
+    p.add_argument("--no-share", action="store_true", help="turn prefix sharing off (Guidance(share_prefix=False))")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each timed configuration")
     p = sub.add_parser("calibrate-toy")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None)
@@ -228,8 +271,8 @@ def main() -> None:
             "cuda") else f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__,
             "diffusers": diffusers.__version__}
         print(json.dumps(info), flush=True)
-        results = [bench_speed(name, args.reps, args.device, args.batch_factors, not args.no_guidance)
-                   for name in args.models]
+        results = [bench_speed(name, args.reps, args.device, args.batch_factors, not args.no_guidance,
+                               args.positions, not args.no_share, args.warmup) for name in args.models]
         if args.out:
             Path(args.out).write_text(json.dumps({"info": info, "results": results}, indent=1))
     elif args.command == "calibrate-toy":

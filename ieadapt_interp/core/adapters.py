@@ -119,6 +119,15 @@ class Adapter:
         ``fn(pipe, latents, num_frames, height, width) -> video [B, C, F, H, W]`` in ``[-1, 1]``: the
         pipeline's own VAE decode of its final latents (what its ``__call__`` does inline); ``None``: the
         pipeline's ``decode_latents(latents)``.
+    blocks
+        Attributes of the denoiser holding its transformer blocks (``ModuleList``), in the order its ``forward``
+        runs them one after the other, each block's output the next one's input (CogVideoX:
+        ``("transformer_blocks",)``; HunyuanVideo: double-stream then single-stream). ``()``: the blocks do not
+        run in sequence (UNets with skip connections; Latte reshapes by batch between blocks). Guidance shares
+        the blocks before the first perturbed one between the conditional row and its copies (prefix sharing).
+    block_row_args
+        The block ``forward`` parameters holding one entry per batch row (hidden states, text states, ``temb``,
+        per-row masks or rotary tables); the rest (e.g. a rotary table shared by all rows) are left as they are.
     """
 
     name: str
@@ -148,6 +157,19 @@ class Adapter:
     attention_per_row: bool = False
     condition_embeddings: Callable[[object, dict, bool], dict] | None = None
     decode: Callable[[object, torch.Tensor, int, int, int], torch.Tensor] | None = None
+    blocks: tuple[str, ...] = ()
+    block_row_args: tuple[str, ...] = ()
+
+    def block_list(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """``[(path, block)]`` of the blocks run in sequence (:attr:`blocks`), in forward order; ``[]`` if none.
+
+        >>> from ieadapt_interp import tiny_pipeline
+        >>> pipe = tiny_pipeline("cogvideox")
+        >>> [path for path, _ in get_adapter(pipe).block_list(pipe.transformer)]
+        ['transformer_blocks.0', 'transformer_blocks.1']
+        """
+        return [(f"{attr}.{i}", block) for attr in self.blocks
+                for i, block in enumerate(getattr(denoiser, attr, None) or ())]
 
     def latent_frames(self, bound: dict) -> int:
         """Latent frames of one denoiser call, from its bound ``forward`` arguments."""
@@ -272,6 +294,8 @@ COGVIDEOX = Adapter(
     default_size=_cog_size,
     call_defaults=_cog_defaults,
     temporal_patch=lambda transformer: getattr(transformer.config, "patch_size_t", None) or 1,
+    blocks=("transformer_blocks",),
+    block_row_args=("hidden_states", "encoder_hidden_states", "temb"),
 )
 
 def _cap_text(default: int) -> Callable[[object], dict]:
@@ -356,6 +380,8 @@ WAN = Adapter(
     size_multiple=lambda pipe: int(pipe.vae_scale_factor_spatial) * int(
         (pipe.transformer if pipe.transformer is not None else pipe.transformer_2).config.patch_size[1]),
     decode=_wan_decode,
+    blocks=("blocks",),
+    block_row_args=("hidden_states", "encoder_hidden_states", "temb"),
 )
 
 LATTE = Adapter(
@@ -413,6 +439,9 @@ LTX = Adapter(
                     "negative_prompt_attention_mask"),
     size_multiple=lambda pipe: int(pipe.vae_spatial_compression_ratio) * int(pipe.transformer.config.patch_size),
     decode=_ltx_decode,
+    blocks=("transformer_blocks",),
+    block_row_args=("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
+                    "encoder_attention_mask"),
 )
 
 HUNYUANVIDEO = Adapter(
@@ -437,6 +466,8 @@ HUNYUANVIDEO = Adapter(
     row_args=("pooled_projections", "guidance"),
     size_multiple=lambda pipe: int(pipe.vae_scale_factor_spatial) * int(pipe.transformer.config.patch_size),
     decode=_scaled_decode,
+    blocks=("transformer_blocks", "single_transformer_blocks"),
+    block_row_args=("hidden_states", "encoder_hidden_states", "temb", "attention_mask", "token_replace_emb"),
 )
 
 
@@ -461,6 +492,8 @@ MOCHI = Adapter(
     size_multiple=lambda pipe: int(pipe.vae_spatial_scale_factor) * int(pipe.transformer.config.patch_size),
     attention_per_row=True,
     decode=_mochi_decode,
+    blocks=("transformer_blocks",),
+    block_row_args=("hidden_states", "encoder_hidden_states", "temb", "encoder_attention_mask"),
 )
 
 

@@ -174,6 +174,11 @@ class Interception:
         """Label the rows of the next denoiser call explicitly (a caller that builds the batch itself)."""
         self._label_next = list(rows)
 
+    def relabel(self, rows: list[RowLabel]) -> None:
+        """Label the rows of the denoiser call now running, from its next attention call on (a caller that
+        changes the batch between blocks: guidance's prefix sharing)."""
+        self.state.rows = list(rows)
+
     # -- install / remove --------------------------------------------------------------------
     def _handlers_by_layer(self) -> dict[str, list[AttentionHandler]]:
         table = attention_layers(self.pipe)

@@ -19,6 +19,19 @@ conditional alike). The pipeline's own CFG line ``ε_∅' + w·(ε_c' − ε_∅
 formula above for any ``w`` — also CogVideoX's dynamic CFG, which changes ``w`` after the denoiser call.
 At a step where the guidance is off (outside ``steps``, or scale 0) no row is added at all.
 
+**Prefix sharing** (transformer denoisers whose blocks run in sequence: CogVideoX, Wan, LTX-Video, Mochi,
+HunyuanVideo — the adapter's ``blocks``). The ``pos`` / ``neg`` rows are copies of the conditional row, so
+their activations equal it up to the first block holding a perturbed layer. The blocks before it run only the
+denoiser's own rows; at that block's input the conditional rows of every per-row block argument (hidden states,
+text states, ``temb``, masks; the adapter's ``block_row_args``) are copied into the ``pos`` / ``neg`` rows, and
+the rest of the forward (and the fold-back) runs as above. What runs outside the blocks (patch and time
+embeddings, output head) still runs on every row — cheap. The saving grows with the depth of the first
+perturbed layer: none when it is in the first block, almost all of the extra rows' cost when it is in the last.
+UNets (AnimateDiff, SVD: skip connections) and Latte (reshapes by batch between blocks) keep the full rows;
+``Guidance(share_prefix=False)`` turns sharing off everywhere (the result is the same up to float rounding).
+Capture in the shared blocks sees only the ``uncond`` / ``cond`` rows: a ``pos`` / ``neg`` row there is the
+conditional row and is not recorded.
+
 **Models that run one forward per CFG branch** (Wan; the adapter's ``cfg_forwards``): the extra rows ride on
 the conditional forward, and its ``s·(ε_pos − ε_neg)`` is added to that forward's output and to the
 unconditional forward's of the same step. Every expert of a model is hooked (Wan 2.2's ``transformer_2``);
@@ -44,7 +57,8 @@ import inspect
 import math
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -142,6 +156,10 @@ class Guidance:
         Joint-attention models (CogVideoX): also perturb the text-token query rows (default: video only).
     registry
         Fingerprint of the model the registry came from (set when ``layers`` is a Registry).
+    share_prefix
+        Run the blocks before the first perturbed one once for the conditional row and its ``pos`` / ``neg``
+        copies (prefix sharing, see the module docstring; only where the adapter allows it). ``False``: the
+        extra rows run through the whole denoiser. It changes the cost, not the result (not compared by ``==``).
     """
 
     pos: str = "U"
@@ -151,6 +169,7 @@ class Guidance:
     steps: tuple[int, int] | None = None
     text_rows: bool = False
     registry: str | None = None
+    share_prefix: bool = field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pos", _canonical(self.pos))
@@ -174,6 +193,7 @@ class Guidance:
                 raise IEAdaptValueError(f"steps must be (start, stop) with 0 ≤ start < stop; got {self.steps}.")
             object.__setattr__(self, "steps", (start, stop))
         object.__setattr__(self, "text_rows", bool(self.text_rows))
+        object.__setattr__(self, "share_prefix", bool(self.share_prefix))
 
     # -- naming ---------------------------------------------------------------------------------------
     @classmethod
@@ -215,7 +235,8 @@ class Guidance:
         return {"guidance": {"pos": self.pos, "neg": self.neg,
                              "scale": self.scale if isinstance(self.scale, float) else list(self.scale),
                              "layers": layers, "steps": list(self.steps) if self.steps else None,
-                             "text_rows": self.text_rows, "registry": self.registry}}
+                             "text_rows": self.text_rows, "registry": self.registry,
+                             **({} if self.share_prefix else {"share_prefix": False})}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Guidance":
@@ -223,7 +244,8 @@ class Guidance:
         layers = Layers(**{k: tuple(v) for k, v in d["layers"].items()}) if d.get("layers") else None
         scale = d.get("scale", 1.0)
         return cls(d["pos"], d["neg"], scale if isinstance(scale, (int, float)) else tuple(scale), layers,
-                   tuple(d["steps"]) if d.get("steps") else None, bool(d.get("text_rows", False)), d.get("registry"))
+                   tuple(d["steps"]) if d.get("steps") else None, bool(d.get("text_rows", False)), d.get("registry"),
+                   bool(d.get("share_prefix", True)))
 
     # -- resolution against a pipeline ---------------------------------------------------------------
     def resolve(self, pipe) -> list[str]:
@@ -296,6 +318,69 @@ def _take(x, index: torch.Tensor, batch: int):
     return None
 
 
+def _map_tensors(x, fn):
+    """``x`` with ``fn`` applied to every tensor in it (nested dict/list/tuple; other values kept)."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_map_tensors(v, fn) for v in x)
+    return x
+
+
+def _parameter_positions(module: torch.nn.Module) -> dict[str, int]:
+    """``{name: position}`` of the positional parameters of ``module``'s ``forward`` (up to ``*args``)."""
+    out = {}
+    for i, p in enumerate(list(inspect.signature(type(module).forward).parameters.values())[1:]):
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        out[p.name] = i
+    return out
+
+
+def _get_arg(position, args, kwargs, name):
+    i = position.get(name)
+    if i is not None and i < len(args):
+        return args[i]
+    return kwargs.get(name)
+
+
+def _set_arg(position, args, kwargs, name, value) -> None:
+    i = position.get(name)
+    if i is not None and i < len(args):
+        args[i] = value
+    elif name in kwargs:
+        kwargs[name] = value
+
+
+def shared_prefix(pipe, layers: Sequence[str]) -> dict[str, int]:
+    """``{denoiser attribute: k}``: the guidance rows can share the first ``k ≥ 1`` blocks of that denoiser.
+
+    ``k`` is the index of the first block (the adapter's :meth:`~ieadapt_interp.core.adapters.Adapter.block_list`)
+    holding one of the perturbed ``layers``. A denoiser is left out when its blocks do not run in sequence
+    (UNets), when ``k = 0`` (nothing to share) or when one of its perturbed layers lies outside the blocks.
+
+    >>> import ieadapt_interp as ia
+    >>> pipe = ia.tiny_pipeline("cogvideox")
+    >>> shared_prefix(pipe, ["transformer_blocks.1.attn1"]), shared_prefix(pipe, ["transformer_blocks.0.attn1"])
+    ({'transformer': 1}, {})
+    >>> shared_prefix(ia.tiny_pipeline(), ["up_blocks.1.attentions.0.transformer_blocks.0.attn1"])  # a UNet
+    {}
+    """
+    adapter = get_adapter(pipe)
+    denoisers = adapter.denoisers(pipe)
+    out = {}
+    for attr, model in denoisers.items():
+        prefix = f"{attr}." if len(denoisers) > 1 else ""
+        paths = [name[len(prefix):] for name in layers if name.startswith(prefix)]
+        blocks = [path for path, _ in adapter.block_list(model)]
+        holding = [next((i for i, b in enumerate(blocks) if p.startswith(b + ".")), None) for p in paths]
+        if paths and None not in holding and min(holding) > 0:
+            out[attr] = min(holding)
+    return out
+
+
 def _extend(x, extra):
     """``x`` with the rows ``extra`` appended (same nesting as :func:`_take`)."""
     if isinstance(x, torch.Tensor):
@@ -312,44 +397,55 @@ class GuidedDenoiser:
 
     ``interception`` must be active (entered) and hold :meth:`Guidance.handlers`; ``cfg`` says whether the
     pipeline runs classifier-free guidance (``None``: read ``pipe.do_classifier_free_guidance`` at the first
-    denoiser call of the run). :attr:`batches` lists ``(step, rows run)`` per denoiser call.
+    denoiser call of the run); ``layers`` are the perturbed layer names (``None``: ``guidance.resolve(pipe)``).
+    :attr:`batches` lists ``(step, rows at the denoiser input)`` per denoiser call; :attr:`shared_blocks` is
+    ``{denoiser attribute: k}``, the leading blocks that run without the ``pos`` / ``neg`` rows (prefix
+    sharing; empty where nothing is shared).
     """
 
-    def __init__(self, pipe, guidance: Guidance, interception: Interception, cfg: bool | None = None) -> None:
+    def __init__(self, pipe, guidance: Guidance, interception: Interception, cfg: bool | None = None,
+                 layers: Sequence[str] | None = None) -> None:
         self.pipe, self.guidance, self.interception = pipe, guidance, interception
         self.adapter = get_adapter(pipe)
-        self.denoisers = list(self.adapter.denoisers(pipe).values())  # Wan 2.2: both experts
+        experts = self.adapter.denoisers(pipe)
+        self.denoisers = list(experts.values())  # Wan 2.2: both experts
         self.denoiser = self.denoisers[0]
         self.cfg_given = cfg
-        params = list(inspect.signature(type(self.denoiser).forward).parameters)[1:]
-        self.position = {name: i for i, name in enumerate(params)}
+        self.position = _parameter_positions(self.denoiser)
+        self.shared_blocks: dict[str, int] = {}
+        if guidance.share_prefix and self.adapter.blocks:
+            self.shared_blocks = shared_prefix(pipe, guidance.resolve(pipe) if layers is None else layers)
+        self._shared_of = {id(experts[attr]): (attr, k) for attr, k in self.shared_blocks.items()}
         self._handles: list = []
 
     def __enter__(self) -> "GuidedDenoiser":
         self.step, self.last_t, self.cfg, self.pending = -1, None, self.cfg_given, None
-        self.forward_in_step, self.delta = 0, None
+        self.forward_in_step, self.delta, self.sharing = 0, None, None
         self.batches: list[tuple[int, int]] = []
         self._handles = hook_denoisers(self.denoisers, self._before, self._after)
+        try:
+            experts = self.adapter.denoisers(self.pipe)
+            for attr, k in self.shared_blocks.items():
+                for j, (_, block) in enumerate(self.adapter.block_list(experts[attr])[:k + 1]):
+                    hook = partial(self._before_block, j, k, _parameter_positions(block))
+                    self._handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.sharing = None
 
     # argument access by name, keeping the call's positional / keyword style
     def _get(self, args, kwargs, name):
-        i = self.position.get(name)
-        if i is not None and i < len(args):
-            return args[i]
-        return kwargs.get(name)
+        return _get_arg(self.position, args, kwargs, name)
 
     def _set(self, args, kwargs, name, value):
-        i = self.position.get(name)
-        if i is not None and i < len(args):
-            args[i] = value
-        elif name in kwargs:
-            kwargs[name] = value
+        _set_arg(self.position, args, kwargs, name, value)
 
     def _before(self, module, args, kwargs):
         sample = self._get(args, kwargs, self.adapter.sample_arg)
@@ -380,11 +476,15 @@ class GuidedDenoiser:
             labels = ([("uncond", i) for i in range(n)] if self.cfg else []) + [("cond", i) for i in range(n)]
         self.pending = (batch, n, s, branches, "cond" if order else None)
         self.batches.append((self.step, batch + n * len(branches)))
+        self.sharing = None
         if not branches:
             self.interception.label_next(labels)
             return None
         cond = torch.arange(batch - n, batch, device=sample.device)
         index = cond.repeat(len(branches))
+        labels = labels + [(b, i) for b in branches for i in range(n)]
+        if id(module) in self._shared_of:  # the blocks before the first perturbed one see only `batch` rows
+            self.sharing = (batch, len(labels), index, labels)
         args, kwargs = list(args), dict(kwargs)
         for name in (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS,
                      *self.adapter.row_args):
@@ -394,12 +494,38 @@ class GuidedDenoiser:
             extra = _take(value, index, batch)
             if extra is not None:
                 self._set(args, kwargs, name, _extend(value, extra))
-        self.interception.label_next(labels + [(b, i) for b in branches for i in range(n)])
+        self.interception.label_next(labels)
+        return tuple(args), kwargs
+
+    def _before_block(self, j: int, k: int, position: dict, module, args, kwargs):
+        """Blocks ``j < k``: only the first ``batch`` rows of each per-row argument; block ``k``: the carried
+        arguments (``batch`` rows) get their ``pos`` / ``neg`` rows as copies of the conditional ones."""
+        if self.sharing is None:
+            return None
+        batch, total, index, labels = self.sharing
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            if x.ndim == 0 or x.shape[0] not in (batch, total):
+                raise RuntimeError(f"{self.adapter.name}: a per-row block argument has {x.shape[0] if x.ndim else 0}"
+                                   f" rows, expected {batch} or {total}; the adapter's block_row_args do not fit "
+                                   "this model. Use Guidance(share_prefix=False).")
+            if j < k:
+                return x[:batch] if x.shape[0] == total else x
+            return torch.cat([x, x.index_select(0, index.to(x.device))]) if x.shape[0] == batch else x
+
+        args, kwargs = list(args), dict(kwargs)
+        for name in self.adapter.block_row_args:
+            value = _get_arg(position, args, kwargs, name)
+            if value is not None:
+                _set_arg(position, args, kwargs, name, _map_tensors(value, rows))
+        if j == 0 or j == k:
+            self.interception.relabel(labels[:batch] if j < k else labels)
         return tuple(args), kwargs
 
     def _after(self, module, args, output):
         batch, n, s, branches, branch = self.pending
         self.pending = None
+        self.sharing = None
         x = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
         if branch not in (None, "cond"):  # a separate unconditional forward: this step's s·(ε_pos − ε_neg)
             return None if self.delta is None else self._replaced(output, x + self.delta)
@@ -448,7 +574,7 @@ def guiding(pipe, guidance: Guidance, *, cfg: bool | None = None,
         interception = Interception(pipe, guidance.handlers(names))
         interception.__enter__()
     try:
-        with GuidedDenoiser(pipe, guidance, interception, cfg=cfg) as run:
+        with GuidedDenoiser(pipe, guidance, interception, cfg=cfg, layers=names) as run:
             yield run
     finally:
         if own:
@@ -517,5 +643,5 @@ def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[floa
     return generate(pipe, prompt, guidance=guidance, **generation)
 
 
-__all__ = ["BranchPerturbationHandler", "GuidedDenoiser", "Guidance", "PAIRS", "guidance_grid", "guide", "guided_videos", "guiding", "linear_schedule",
-           "parse_term"]
+__all__ = ["BranchPerturbationHandler", "GuidedDenoiser", "Guidance", "PAIRS", "guidance_grid", "guide", "guided_videos",
+           "guiding", "linear_schedule", "parse_term", "shared_prefix"]
