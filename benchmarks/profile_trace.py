@@ -3,13 +3,21 @@
 Uses the AnimateDiff case of ``bench_trace.py`` (SD 1.5 UNet + motion adapter v1-5-3 config, fp16,
 16 × 512², CFG batch 2). Prints JSON lines and a profiler table; ``--out`` writes the JSON.
 
-    python benchmarks/profile_trace.py --reps 10 --out profile.json
+``--baseline-handlers FILE`` (an earlier ``core/handlers.py``, e.g. ``git show REV:ieadapt_interp/core/handlers.py``)
+adds that version's StatsRecorder (with PyTorch's row reduction, as it ran) to the attribution, timed in the same
+process; ``both_torch_norms`` is the current
+recorder with PyTorch's row reduction instead of the Triton one (``IEADAPT_ROW_KERNEL=0``). The profile compares a
+plain and a traced step: kernel launches per step and the ops whose GPU time grew most.
+
+    python benchmarks/profile_trace.py --reps 10 --out profile.json [--baseline-handlers old_handlers.py]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,67 +76,127 @@ def kernel_table(shapes: dict[tuple, int]) -> list[dict]:
     return rows
 
 
-def attribution(pipe_like, step, reps: int) -> dict:
-    """Step time with nothing / spatial only / temporal only / both captured."""
+def load_recorder(path: str):
+    """The ``StatsRecorder`` class of another ``core/handlers.py`` (loaded inside the package: same imports)."""
+    spec = importlib.util.spec_from_file_location("ieadapt_interp.core._baseline_handlers", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.StatsRecorder
+
+
+def attribution(pipe_like, step, reps: int, warmup: int = 6, baseline=None) -> dict:
+    """Step time with nothing / spatial only / temporal only / both captured (+ variants of the recorder for both)."""
     from ieadapt_interp import attention_layers
+    from ieadapt_interp.core import interception
     from ieadapt_interp.core.interception import Interception
 
     table = attention_layers(pipe_like)
+    both = list(table.loc[table["kind"] != "cross", "name"])
     out = {}
-    with torch.no_grad():
-        out["plain_ms"] = _time(step, reps)[0]
-        for label, kinds in (("spatial", {"spatial"}), ("temporal", {"temporal"}), ("both", {"spatial", "temporal"})):
-            names = list(table.loc[table["kind"].isin(kinds), "name"])
-            ic = Interception(pipe_like, capture=names, record_branches=("all",))
-            with ic:
-                out[f"{label}_ms"] = _time(step, reps)[0]
-            ic.stats_calls.clear()
-        ic = Interception(pipe_like, capture=[], record_branches=("all",))
+
+    def timed(label: str, names: list[str]) -> None:
+        ic = Interception(pipe_like, capture=names, record_branches=("all",))
         with ic:
-            out["hooks_only_ms"] = _time(step, reps)[0]
+            out[f"{label}_ms"] = _time(step, reps, warmup)[0]
+        ic.stats_calls.clear()
+
+    with torch.no_grad():
+        out["plain_ms"] = _time(step, reps, warmup)[0]
+        for label, kinds in (("spatial", {"spatial"}), ("temporal", {"temporal"}), ("both", {"spatial", "temporal"})):
+            timed(label, list(table.loc[table["kind"].isin(kinds), "name"]))
+        timed("hooks_only", [])
+        os.environ["IEADAPT_ROW_KERNEL"] = "0"
+        try:
+            timed("both_torch_norms", both)
+        finally:
+            os.environ.pop("IEADAPT_ROW_KERNEL")
+        if baseline is not None:  # the earlier recorder as it ran: PyTorch's row reduction too
+            current, interception.StatsRecorder = interception.StatsRecorder, baseline
+            os.environ["IEADAPT_ROW_KERNEL"] = "0"
+            try:
+                timed("both_baseline_recorder", both)
+            finally:
+                interception.StatsRecorder = current
+                os.environ.pop("IEADAPT_ROW_KERNEL")
     print(json.dumps(out), flush=True)
     return out
 
 
-def profile(pipe_like, step) -> str:
+def _device_us(event) -> float:
+    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+
+def _profile_step(step, ic=None):
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.no_grad():
+        if ic is not None:
+            ic.__enter__()
+        try:
+            step()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=activities) as prof:
+                step()
+                torch.cuda.synchronize()
+        finally:
+            if ic is not None:
+                ic.__exit__(None, None, None)
+    return prof.key_averages()
+
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cuLaunchKernel")
+
+
+def profile(pipe_like, step) -> dict:
+    """Profiler tables of a traced step; launches per step and the aten ops whose GPU time grew, plain → traced."""
     from ieadapt_interp import attention_layers
     from ieadapt_interp.core.interception import Interception
 
     names = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
-    ic = Interception(pipe_like, capture=names, record_branches=("all",))
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.no_grad(), ic:
-        step()
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=activities) as prof:
-            step()
-            torch.cuda.synchronize()
-    averages = prof.key_averages()
-    return "\n".join(
-        [
-            averages.table(sort_by="self_cuda_time_total", row_limit=25),
-            averages.table(sort_by="self_cpu_time_total", row_limit=15),
-        ]
-    )
+    plain = _profile_step(step)
+    traced = _profile_step(step, Interception(pipe_like, capture=names, record_branches=("all",)))
+    launches = {label: sum(e.count for e in avg if e.key in LAUNCHES) for label, avg in (("plain", plain),
+                                                                                          ("traced", traced))}
+    before = {e.key: (e.count, _device_us(e)) for e in plain}
+    grew = sorted(((e.key, e.count - before.get(e.key, (0, 0))[0], (_device_us(e) - before.get(e.key, (0, 0))[1]) / 1e3)
+                   for e in traced if e.key.startswith("aten::")), key=lambda r: -r[2])[:20]
+    table = "\n".join([traced.table(sort_by="self_cuda_time_total", row_limit=25),
+                       traced.table(sort_by="self_cpu_time_total", row_limit=15)])
+    return {"launches_per_step": launches,
+            "device_ms_per_step": {"plain": sum(_device_us(e) for e in plain) / 1e3,
+                                   "traced": sum(_device_us(e) for e in traced) / 1e3},
+            "aten_ops_grown": [{"op": k, "extra_calls": c, "extra_device_ms": round(ms, 3)} for k, c, ms in grew],
+            "table": table}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--warmup", type=int, default=6)
+    parser.add_argument("--baseline-handlers", default=None, help="an earlier core/handlers.py to time alongside")
     parser.add_argument("--skip", nargs="*", default=[], choices=["kernels", "profile"])
     args = parser.parse_args()
     with torch.device("cuda"):
         pipe_like, step = animatediff_case("cuda")
-    result = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    result["attribution"] = attribution(pipe_like, step, args.reps)
-    if "kernels" not in args.skip:
-        result["kernels"] = kernel_table(sdpa_shapes(pipe_like, step))
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": torch.cuda.get_device_name(0),
+              "torch": torch.__version__}
+
+    def save() -> None:  # after every part: a run stopped at its limit keeps what finished
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+
+    baseline = load_recorder(args.baseline_handlers) if args.baseline_handlers else None
+    result["attribution"] = attribution(pipe_like, step, args.reps, args.warmup, baseline)
+    save()
     if "profile" not in args.skip:
         result["profile"] = profile(pipe_like, step)
-        print(result["profile"], flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: v for k, v in result["profile"].items() if k != "table"}, indent=1))
+        print(result["profile"]["table"], flush=True)
+        save()
+    if "kernels" not in args.skip:
+        result["kernels"] = kernel_table(sdpa_shapes(pipe_like, step))
+        save()
 
 
 if __name__ == "__main__":

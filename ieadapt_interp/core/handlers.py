@@ -176,6 +176,8 @@ ENERGY_BINS: tuple[float, ...] = (-float("inf"), -ENERGY_TOL, 0.1, 0.2, 0.3, 0.4
 
 
 _EDGES_CACHE: dict = {}
+_SEGMENTS_CACHE: dict = {}
+_ONES_CACHE: dict = {}
 
 
 def _bin_edges(edges: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -192,18 +194,88 @@ def histogram(values: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
     >>> histogram(torch.tensor([[0.0, 4.9, 5.0, 100.0]]), (0.0, 5.0, 100.0)).tolist()
     [[2.0, 2.0]]
     """
-    inner = _bin_edges(tuple(edges[1:-1]), values.dtype, values.device)
-    idx = torch.bucketize(values.contiguous(), inner, right=True)
-    counts = torch.zeros(*values.shape[:-1], len(edges) - 1, dtype=torch.float32, device=values.device)
-    return counts.scatter_add_(-1, idx, torch.ones_like(idx, dtype=torch.float32))
+    return histograms([values], edges)[0]
+
+
+def _segment_offsets(shapes: tuple, bins: int, device: torch.device) -> torch.Tensor:
+    """``bins ×`` the segment of every value of ``shapes`` laid end to end (one segment = one ``[..., n]`` row),
+    built once per structure and device (a host→GPU copy per step would stall the stream)."""
+    key = (shapes, bins, str(device))
+    if key not in _SEGMENTS_CACHE:
+        if len(_SEGMENTS_CACHE) > 256:  # another resolution or layer selection: start over
+            _SEGMENTS_CACHE.clear()
+        lengths = torch.tensor([shape[-1] for shape in shapes for _ in range(math.prod(shape[:-1]))])
+        offsets = torch.arange(len(lengths)) * bins
+        _SEGMENTS_CACHE[key] = offsets.repeat_interleave(lengths).to(device)
+    return _SEGMENTS_CACHE[key]
+
+
+def _ones(n: int, device: torch.device) -> torch.Tensor:
+    """``n`` fp32 ones on ``device`` (a view of one cached buffer)."""
+    key = str(device)
+    if key not in _ONES_CACHE or _ONES_CACHE[key].numel() < n:
+        _ONES_CACHE[key] = torch.ones(max(n, 1 << 16), dtype=torch.float32, device=device)
+    return _ONES_CACHE[key][:n]
+
+
+def histograms(parts: Sequence[torch.Tensor], edges: Sequence[float]) -> list[torch.Tensor]:
+    """:func:`histogram` of each ``part [..., n_i]`` over the same ``edges``, all parts in one pass: one
+    ``bucketize`` and one ``scatter_add`` for the lot (the recorder bins every map of a step at once).
+
+    >>> [h.tolist() for h in histograms([torch.tensor([1.0, 6.0]), torch.tensor([[7.0], [8.0]])], (0.0, 5.0, 10.0))]
+    [[1.0, 1.0], [[0.0, 1.0], [0.0, 1.0]]]
+    """
+    if not parts:
+        return []
+    device, bins = parts[0].device, len(edges) - 1
+    flat = torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0].reshape(-1)
+    inner = _bin_edges(tuple(edges[1:-1]), flat.dtype, device)
+    shapes = tuple(tuple(p.shape) for p in parts)
+    idx = torch.bucketize(flat, inner, right=True).add_(_segment_offsets(shapes, bins, device))
+    segments = sum(math.prod(shape[:-1]) for shape in shapes)
+    counts = torch.zeros(segments * bins, dtype=torch.float32, device=device)
+    counts.scatter_add_(0, idx, _ones(idx.numel(), device))
+    out, start = [], 0
+    for shape in shapes:
+        n = math.prod(shape[:-1]) * bins
+        out.append(counts[start:start + n].view(*shape[:-1], bins))
+        start += n
+    return out
 
 
 def energy_position(e_av: torch.Tensor, e_iv: torch.Tensor, e_uv: torch.Tensor) -> torch.Tensor:
-    """``(E(AV) − E(UV)) / (E(IV) − E(UV))``: 0 on the lower bound, 1 on the upper; 0 where the bounds coincide."""
+    """``(E(AV) − E(UV)) / (E(IV) − E(UV))``: 0 on the lower bound, 1 on the upper; 0 where the bounds coincide.
+
+    >>> energy_position(torch.tensor([2.0, 5.0]), torch.tensor([3.0, 5.0]), torch.tensor([1.0, 5.0])).tolist()
+    [0.5, 0.0]
+    """
     span = e_iv - e_uv
-    safe = torch.where(span.abs() > 1e-12 * e_iv.abs().clamp_min(1e-30), span, torch.ones_like(span))
-    return torch.where(span.abs() > 1e-12 * e_iv.abs().clamp_min(1e-30), (e_av - e_uv) / safe,
-                       torch.zeros_like(span))
+    ok = span.abs() > e_iv.abs().clamp_min(1e-30).mul_(1e-12)
+    return torch.where(ok, (e_av - e_uv) / span, 0.0)  # the division's inf/NaN where not ok is never selected
+
+
+#: The per-row energies, in the order :func:`row_energies` stacks them.
+ENERGY_VARS: tuple[str, ...] = ("energy", "energy_identity", "energy_uniform")
+
+
+def row_energies(out: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, square: bool) -> torch.Tensor:
+    """``‖(AV)_i‖²``, ``‖(IV)_i‖² = ‖V_i‖²`` (NaN unless ``square``: no identity map) and ``‖(UV)_i‖²`` of every
+    query row, stacked in one fp32 buffer ``[3·B', head, query]`` (``out [B', head, query, dim]``,
+    ``v [B', head, key, dim]``) so that each reduction over frames or maps is one launch for all three.
+
+    >>> v = torch.tensor([[[[3.0, 4.0], [0.0, 0.0]]]])          # B' = 1, 1 head, 2 keys; A = I so AV = V
+    >>> row_energies(v, v, None, True).view(3, 2).tolist()     # ‖AV_i‖², ‖V_i‖², ‖mean V‖² = 1.5² + 2²
+    [[25.0, 0.0], [25.0, 0.0], [6.25, 6.25]]
+    """
+    b, h, n_q = out.shape[:3]
+    e = torch.empty(3, b, h, n_q, dtype=torch.float32, device=out.device)
+    squared_norm(out, out=e[0])
+    if square:
+        squared_norm(v, out=e[1])
+    else:
+        e[1].fill_(float("nan"))
+    e[2].copy_(squared_norm(value_mean(v, mask)))  # [B', head, 1 or query] broadcast over the rows
+    return e.view(3 * b, h, n_q)
 
 
 class StatsRecorder(AttentionHandler):
@@ -215,6 +287,10 @@ class StatsRecorder(AttentionHandler):
     for self-attention, ``map_energy_hist`` (each map's energy position between its bounds, :data:`ENERGY_BINS`).
 
     ``branches``: the CFG branches whose rows are recorded (rows labelled ``"all"`` always are).
+
+    Per call the work stays on the device and costs about ten kernel launches (three energies in one buffer,
+    one reduction per frames/maps for all of them); the histograms of a step's maps are binned together when the
+    next step starts or when :attr:`calls` is read.
     """
 
     name = "stats"
@@ -222,10 +298,17 @@ class StatsRecorder(AttentionHandler):
     def __init__(self, layers: Iterable[str], branches: tuple[str, ...] = ("cond",)) -> None:
         self.layer_names = set(layers)
         self.branches = tuple(branches)
-        self.calls: list[LayerStats] = []
+        self.reset()
+
+    @property
+    def calls(self) -> list[LayerStats]:
+        """One :class:`LayerStats` per recorded call (the pending histograms are binned first)."""
+        self._bin_pending()
+        return self._calls
 
     def reset(self):
-        self.calls = []
+        self._calls: list[LayerStats] = []
+        self._pending: list[tuple[LayerStats, torch.Tensor | None, torch.Tensor | None]] = []
 
     def wants_entropy(self, ctx):
         return bool(_recorded_rows(ctx, self.branches))
@@ -234,39 +317,51 @@ class StatsRecorder(AttentionHandler):
         keep = _recorded_rows(ctx, self.branches)
         if not keep:
             return
-        sel = ctx.elements(keep)
-        n_q, n_k = ctx.query.shape[-2], ctx.key.shape[-2]
+        sel, n = ctx.elements(keep), len(keep)
         v = select(ctx.value, sel)  # a view for consecutive rows; both energy bounds derive from it
         mask = ctx.attn_mask if ctx.attn_mask is None or ctx.attn_mask.shape[0] == 1 else select(ctx.attn_mask, sel)
         entropy = select(ctx.entropy, sel).float()
-        per_row = {
-            "entropy": entropy,
-            "energy": squared_norm(select(ctx.out, sel)),
-            "energy_identity": squared_norm(v) if n_q == n_k else torch.full_like(entropy, float("nan")),
-            "energy_uniform": squared_norm(value_mean(v, mask)).expand(-1, -1, n_q),
-        }
+        energies = row_energies(select(ctx.out, sel), v, mask, ctx.square)
         flat = {}
-        for name, x in per_row.items():
-            video, text = ctx.layout.to_frames(x, len(keep), ctx.per, ctx.num_frames, ctx.text_len,
-                                               "mean" if name == "entropy" else "sum")
-            flat[name] = video
+        for names, x, how in ((("entropy",), entropy, "mean"), (ENERGY_VARS, energies, "sum")):
+            video, text = ctx.layout.to_frames(x, len(names) * n, ctx.per, ctx.num_frames, ctx.text_len, how)
+            flat.update(zip(names, video.split(n)))
             if text is not None:
-                flat[name + "_text"] = text
-        flat.update(self._per_map(ctx, per_row, len(keep), n_k))
-        self.calls.append(LayerStats(ctx.step, ctx.layer.name, [ctx.rows[i] for i in keep], n_k, flat))
+                flat.update(zip((name + "_text" for name in names), text.split(n)))
+        if self._pending and self._pending[-1][0].step != ctx.step:
+            self._bin_pending()
+        record = LayerStats(ctx.step, ctx.layer.name, [ctx.rows[i] for i in keep], ctx.key.shape[-2], flat)
+        self._calls.append(record)
+        self._pending.append((record, *self._per_map(ctx, entropy, energies, n)))
 
     @staticmethod
-    def _per_map(ctx: CallContext, per_row: dict[str, torch.Tensor], n_rows: int, n_k: int) -> dict:
-        """Histograms over the maps of one call: ``map_entropy_hist`` and (self-attention) ``map_energy_hist``."""
-        out = {}
+    def _per_map(ctx: CallContext, entropy: torch.Tensor, energies: torch.Tensor, n_rows: int) -> tuple:
+        """Per-map values of one call: entropy in percent of ``log N`` ``[row, head, map]`` (``None`` for one key)
+        and, for self-attention, the three energies' sums ``[3·row, head, map]`` (contiguous)."""
+        n_k = ctx.key.shape[-2]
+        pct = None
         if n_k > 1:
-            pct = ctx.layout.per_map(per_row["entropy"], n_rows, ctx.per) * (100.0 / math.log(n_k))
-            out["map_entropy_hist"] = histogram(pct, ENTROPY_BINS)
-        if ctx.square:
-            e_av, e_iv, e_uv = (ctx.layout.per_map(per_row[v], n_rows, ctx.per, "sum")
-                                for v in ("energy", "energy_identity", "energy_uniform"))
-            out["map_energy_hist"] = histogram(energy_position(e_av, e_iv, e_uv), ENERGY_BINS)
-        return out
+            mean = ctx.layout.per_map(entropy, n_rows, ctx.per)
+            pct = torch.mul(mean, 100.0 / math.log(n_k), out=torch.empty(mean.shape, dtype=mean.dtype, device=mean.device))
+        sums = ctx.layout.per_map(energies, 3 * n_rows, ctx.per, "sum").contiguous() if ctx.square else None
+        return pct, sums
+
+    def _bin_pending(self) -> None:
+        """Histograms ``map_entropy_hist`` / ``map_energy_hist`` of the pending calls, binned together."""
+        pending, self._pending = self._pending, []
+        with_pct = [(record, pct) for record, pct, _ in pending if pct is not None]
+        for (record, _), hist in zip(with_pct, histograms([pct for _, pct in with_pct], ENTROPY_BINS)):
+            record.stats["map_entropy_hist"] = hist
+        with_sums = [(record, sums) for record, _, sums in pending if sums is not None]
+        if not with_sums:
+            return
+        stacked = torch.cat([sums.view(3, -1) for _, sums in with_sums], 1)  # [3, all maps]: E(AV), E(IV), E(UV)
+        positions = energy_position(stacked[0], stacked[1], stacked[2])
+        shapes = [(sums.shape[0] // 3, *sums.shape[1:]) for _, sums in with_sums]
+        parts = positions.split([math.prod(shape) for shape in shapes])
+        hists = histograms([part.view(shape) for part, shape in zip(parts, shapes)], ENERGY_BINS)
+        for (record, _), hist in zip(with_sums, hists):
+            record.stats["map_energy_hist"] = hist
 
 
 class MapRecorder(AttentionHandler):
