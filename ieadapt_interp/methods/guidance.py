@@ -415,7 +415,7 @@ class GuidedDenoiser:
         self.shared_blocks: dict[str, int] = {}
         if guidance.share_prefix and self.adapter.blocks:
             self.shared_blocks = shared_prefix(pipe, guidance.resolve(pipe) if layers is None else layers)
-        self._shared_of = {id(experts[attr]): (attr, k) for attr, k in self.shared_blocks.items()}
+        self._shared_ids = {id(experts[attr]) for attr in self.shared_blocks}
         self._handles: list = []
 
     def __enter__(self) -> "GuidedDenoiser":
@@ -483,7 +483,7 @@ class GuidedDenoiser:
         cond = torch.arange(batch - n, batch, device=sample.device)
         index = cond.repeat(len(branches))
         labels = labels + [(b, i) for b in branches for i in range(n)]
-        if id(module) in self._shared_of:  # the blocks before the first perturbed one see only `batch` rows
+        if id(module) in self._shared_ids:  # the blocks before the first perturbed one see only `batch` rows
             self.sharing = (batch, len(labels), index, labels)
         args, kwargs = list(args), dict(kwargs)
         for name in (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS,
@@ -628,8 +628,8 @@ def guided_videos(pipe, prompt: str, guidances: Mapping[str, Guidance], **genera
 
 def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[float],
           layers: LayerSpec | Registry | None = None, steps: tuple[int, int] | None = None,
-          text_rows: bool = False, **generation):
-    """:func:`~ieadapt_interp.generate` with ``Guidance(pos, neg, scale, layers, steps, text_rows)``.
+          text_rows: bool = False, share_prefix: bool = True, **generation):
+    """:func:`~ieadapt_interp.generate` with ``Guidance(pos, neg, scale, layers, steps, text_rows, share_prefix=…)``.
 
     >>> import ieadapt_interp as ia
     >>> out = guide(ia.tiny_pipeline(), "a red circle", pos="U", neg="I", scale=2.0, layers="spatial",
@@ -639,7 +639,8 @@ def guide(pipe, prompt: str, *, pos: str, neg: str, scale: float | Sequence[floa
     """
     from .tracing import generate
 
-    guidance = Guidance(pos, neg, scale if isinstance(scale, (int, float)) else tuple(scale), layers, steps, text_rows)
+    guidance = Guidance(pos, neg, scale if isinstance(scale, (int, float)) else tuple(scale), layers, steps, text_rows,
+                        share_prefix=share_prefix)
     return generate(pipe, prompt, guidance=guidance, **generation)
 
 
