@@ -15,6 +15,10 @@ Keeping ``t`` relative to the running max makes both terms non-negative, so ther
 with ``alpha = e^{m - m'}``: ``l <- alpha l``, ``t <- alpha (t + l (m - m'))``. Inside the kernel everything is in
 base 2 (``exp2``) and converted to nats at the end.
 
+A key mask (``attn_mask`` of shape ``[B|1, H|1, 1, Nk]``, boolean or additive, e.g. HunyuanVideo's text padding)
+enters both kernels as a per-key bias added to the scores, so masked keys get exactly zero weight and the entropy is
+over the unmasked keys; per-query masks are not fused (:func:`fused_available` says False).
+
 Two kernels share that recurrence. On Hopper (compute capability 9), for fp16/bf16 with a head dim that is a multiple
 of 8 up to 128, ``_fwd_kernel_tma`` loads Q/K/V tiles through TMA descriptors over the ``[B, H, N, D]`` views: the head dim is
 padded to a power of two by the copy engine's out-of-bounds zero fill (no head-dim masks) and the score scale is folded
@@ -56,10 +60,12 @@ def _split_head_dim(d: int) -> tuple[int, int]:
     A second slab is used only when it is at least 32 wide (96 = 64 + 32, 160 = 128 + 32); otherwise ``d`` is
     padded to one masked power-of-two slab (40 -> 64, 80 -> 128). A 16-wide second slab with ``BLOCK_N >= 64``
     crashes on an H200 with triton 3.6 (illegal address, or wrong output without an error), so it is avoided and
-    two-slab launches use ``BLOCK_N = 32`` only. Cause (benchmarks/RESULTS.md, 2026-12-01): compute-sanitizer
-    memcheck reports 512-byte *shared-memory* reads past the kernel's shared allocation (one 16 x 16 fp16 k-slice
-    of the ``[BLOCK_N, 16]`` operand of a ``warp_group_dot`` with a 32-byte swizzle), and head dim 48 = 32 + 16
-    with no mask at all fails the same way: triton's Hopper wgmma lowering, not this kernel's masks.
+    two-slab launches use ``BLOCK_N = 32`` only. Cause (benchmarks/RESULTS.md, 2026-12-01;
+    results/sass_d40_split_h200_2026-12-01.txt): the faulting instruction is an ``HGMMA.64x16x16`` (the 16-wide
+    slab's ``p @ v_b`` in the last, partial key block) whose shared-memory descriptor ptxas (CUDA 12.8, bundled with
+    triton 3.6) builds from the wrong uniform register, one that holds ``Nk``: the PTX is correct, the read address
+    ``(Nk + 32) * 16`` bytes (0x7f00 for Nk = 2000) is exactly the one compute-sanitizer reports. Crashes with
+    Nk = 4096 (no partial block) point to a second fault, not found.
     """
     d = int(d)
     da = max(16, 1 << (d.bit_length() - 1))  # largest power of two <= d, at least 16
