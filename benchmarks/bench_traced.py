@@ -48,7 +48,7 @@ def real_pipeline(device: str):
                             layers_per_block=2, sample_size=512)
         text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
                                             num_hidden_layers=12, vocab_size=1000, max_position_embeddings=77))
-    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet, motion_adapter=None,
                                scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False,
                                                        timestep_spacing="trailing"))
     return _finish(pipe.to(device, torch.float16)), dict(num_frames=16, height=512, width=512)

@@ -16,7 +16,8 @@ from reference import row_stats
 from ieadapt_interp.core.adapters import AttentionLayer
 from ieadapt_interp.core.entropy import sdpa_with_entropy, squared_norm
 from ieadapt_interp.core.handlers import ENERGY_BINS, ENTROPY_BINS, CallContext, StatsRecorder, histograms
-from ieadapt_interp.core.kernels.row_energy import _HAS_TRITON, row_kernel_available, row_squared_norm
+from ieadapt_interp.core.kernels.row_energy import (_HAS_TRITON, row_kernel_available, row_squared_norm,
+                                                    row_squared_norms)
 from ieadapt_interp.core.layouts import get_layout
 
 CUDA = torch.cuda.is_available()
@@ -40,13 +41,17 @@ _INTERP = """
 import torch
 from ieadapt_interp.core.kernels import row_energy as r
 for (b, h, n, d), dt in [((2, 3, 5, 40), torch.float16), ((1, 2, 33, 128), torch.bfloat16), ((2, 2, 3, 72), torch.float32)]:
-    x = (torch.randn(b, n, h, d) * 3).to(dt).transpose(1, 2)
-    out = torch.empty(b, h, n)
+    x = (torch.randn(b, n, h, d) * 3).to(dt).transpose(1, 2)             # [b, h, n, d] over [b, n, h, d] memory
+    y = (torch.randn(b, h, n, d) * 3).to(dt)
+    m = torch.randn(b, h, 1, d).expand(b, h, n, d)                       # fp32, stride 0 over n
+    out = torch.empty(3, b, h, n)
     bd = max(16, 1 << (d - 1).bit_length()); bm = max(16, r._TILE // bd)
-    r._row_sumsq_kernel[(-(-(b * h * n) // bm),)](x, out, b * h * n, h, n, *x.stride()[:3], D=d, BLOCK_M=bm,
-                                                  BLOCK_D=bd)
-    ref = (x.double() ** 2).sum(-1)
-    assert float(((out.double() - ref).abs() / ref).max()) < 1e-6, (b, h, n, d, dt)
+    strides = [s for t in (x, y, m) for s in t.stride()[:3]]
+    r._row_sumsq_kernel[(3 * -(-(b * h * n) // bm),)](x, y, m, out, b * h * n, h, n, *strides, D=d, BLOCK_M=bm,
+                                                      BLOCK_D=bd)
+    for i, t in enumerate((x, y, m)):
+        ref = (t.double() ** 2).sum(-1)
+        assert float(((out[i].double() - ref).abs() / ref).max()) < 1e-6, (b, h, n, d, dt, i)
 print("OK")
 """
 
@@ -73,6 +78,10 @@ def test_row_kernel_matches_fp64_on_gpu(d, dtype):
     out = torch.empty(2, 3, 8, 1000, device="cuda")
     row_squared_norm(x.contiguous(), out=out[1])
     torch.testing.assert_close(out[1].double(), ref, rtol=2e-6, atol=0)
+    mean = x.mean(-2, keepdim=True, dtype=torch.float32)  # the recorder's third input: fp32, broadcast over rows
+    three = row_squared_norms([x, x.contiguous(), mean.expand_as(x)], torch.empty(3, 3, 8, 1000, device="cuda"))
+    torch.testing.assert_close(three[:2].double(), ref.expand(2, -1, -1, -1), rtol=2e-6, atol=0)
+    torch.testing.assert_close(three[2].double(), (mean.double() ** 2).sum(-1).expand_as(ref), rtol=2e-6, atol=0)
 
 
 def _call(layout, per, frames, rows, n_q, n_k, step, layer, seed):
@@ -132,3 +141,18 @@ def test_histograms_of_several_parts_equal_one_at_a_time():
     for part, hist in zip(parts, together):
         assert torch.equal(hist, histograms([part], ENTROPY_BINS)[0])
         assert hist.shape == (*part.shape[:-1], len(ENTROPY_BINS) - 1) and hist.sum(-1).eq(part.shape[-1]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (CUDA and _HAS_TRITON), reason="needs a CUDA device and triton")
+def test_row_energies_on_gpu_match_fp64():
+    """The recorder's one-launch path: ‖AV_i‖², ‖V_i‖², ‖mean V‖² of a temporal-like call against fp64."""
+    from ieadapt_interp.core.handlers import row_energies
+
+    q, k, v = (_strided(64, 8, 16, 40, torch.float16, "cuda", seed=s) for s in (1, 2, 3))
+    out, _ = sdpa_with_entropy(q, k, v, None, 40 ** -0.5)
+    got = row_energies(out, v, None, True).view(3, 64, 8, 16).double()
+    ref = [(out.double() ** 2).sum(-1), (v.double() ** 2).sum(-1),
+           (v.double().mean(-2, keepdim=True) ** 2).sum(-1).expand(-1, -1, 16)]
+    for i in range(3):
+        torch.testing.assert_close(got[i], ref[i], rtol=1e-5, atol=1e-6)

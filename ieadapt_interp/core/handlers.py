@@ -36,6 +36,7 @@ import torch
 
 from .adapters import AttentionLayer
 from .entropy import squared_norm, value_mean
+from .kernels.row_energy import row_kernel_available, row_squared_norms
 from .layouts import Layout, get_layout
 from .maps import MapRequest, map_bytes
 
@@ -269,12 +270,16 @@ def row_energies(out: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, 
     """
     b, h, n_q = out.shape[:3]
     e = torch.empty(3, b, h, n_q, dtype=torch.float32, device=out.device)
+    mean = value_mean(v, mask)  # [B', head, 1 or query, dim] fp32
+    if square and all(map(row_kernel_available, (out, v, mean))):  # CUDA: all three in one launch
+        row_squared_norms([out, v, mean.expand(b, h, n_q, -1)], e)
+        return e.view(3 * b, h, n_q)
     squared_norm(out, out=e[0])
     if square:
         squared_norm(v, out=e[1])
     else:
         e[1].fill_(float("nan"))
-    e[2].copy_(squared_norm(value_mean(v, mask)))  # [B', head, 1 or query] broadcast over the rows
+    e[2].copy_(squared_norm(mean))  # [B', head, 1 or query] broadcast over the rows
     return e.view(3 * b, h, n_q)
 
 
@@ -325,9 +330,9 @@ class StatsRecorder(AttentionHandler):
         flat = {}
         for names, x, how in ((("entropy",), entropy, "mean"), (ENERGY_VARS, energies, "sum")):
             video, text = ctx.layout.to_frames(x, len(names) * n, ctx.per, ctx.num_frames, ctx.text_len, how)
-            flat.update(zip(names, video.split(n)))
+            flat.update(zip(names, video.view(len(names), n, *video.shape[1:]).unbind(0)))
             if text is not None:
-                flat.update(zip((name + "_text" for name in names), text.split(n)))
+                flat.update(zip((name + "_text" for name in names), text.view(len(names), n, -1).unbind(0)))
         if self._pending and self._pending[-1][0].step != ctx.step:
             self._bin_pending()
         record = LayerStats(ctx.step, ctx.layer.name, [ctx.rows[i] for i in keep], ctx.key.shape[-2], flat)

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-__all__ = ["row_kernel_available", "row_squared_norm"]
+__all__ = ["row_kernel_available", "row_squared_norm", "row_squared_norms"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 512
@@ -35,17 +35,31 @@ except Exception:  # noqa: BLE001 - any failure means "not usable"
 if _HAS_TRITON:
 
     @triton.jit
-    def _row_sumsq_kernel(X, OUT, M, H, N, stride_b, stride_h, stride_n, D: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat (b, h, n) index, the output's order
-        row_ok = rows < M
+    def _rows(X, rows, row_ok, H, N, stride_b, stride_h, stride_n, cols, D: tl.constexpr):
+        """Σ_d x² of the flat ``(b, h, n)`` rows ``rows`` of ``X`` (fp32)."""
         n = rows % N
         bh = rows // N
         base = (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h + n.to(tl.int64) * stride_n
-        cols = tl.arange(0, BLOCK_D)
         x = tl.load(X + base[:, None] + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < D), other=0.0)
         x = x.to(tl.float32)
-        tl.store(OUT + rows, tl.sum(x * x, axis=1), mask=row_ok)
+        return tl.sum(x * x, axis=1)
+
+    @triton.jit
+    def _row_sumsq_kernel(X0, X1, X2, OUT, M, H, N, s0b, s0h, s0n, s1b, s1h, s1n, s2b, s2h, s2n, D: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Up to three inputs of one ``[B, H, N, D]`` shape, laid end to end: ``OUT[i]`` = row sums of ``X_i``."""
+        blocks = tl.cdiv(M, BLOCK_M)
+        seg = tl.program_id(0) // blocks
+        rows = (tl.program_id(0) - seg * blocks) * BLOCK_M + tl.arange(0, BLOCK_M)  # flat (b, h, n): OUT's order
+        row_ok = rows < M
+        cols = tl.arange(0, BLOCK_D)
+        if seg == 0:
+            acc = _rows(X0, rows, row_ok, H, N, s0b, s0h, s0n, cols, D)
+        elif seg == 1:
+            acc = _rows(X1, rows, row_ok, H, N, s1b, s1h, s1n, cols, D)
+        else:
+            acc = _rows(X2, rows, row_ok, H, N, s2b, s2h, s2n, cols, D)
+        tl.store(OUT + seg * M + rows, acc, mask=row_ok)
 
 
 def row_kernel_available(x: torch.Tensor) -> bool:
@@ -65,21 +79,30 @@ def row_squared_norm(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.
 
     ``x`` may have any strides (a non-unit last stride costs one copy). Check :func:`row_kernel_available` first.
     """
-    if not row_kernel_available(x):
-        raise ValueError("row_squared_norm needs a 4-D CUDA fp16/bf16/fp32 tensor with dim <= 512 and triton; "
-                         "check row_kernel_available(x) first")
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    b, h, n, d = x.shape
-    if out is None:
-        out = torch.empty(b, h, n, dtype=torch.float32, device=x.device)
-    elif out.shape != (b, h, n) or out.dtype != torch.float32 or not out.is_contiguous() or out.device != x.device:
-        raise ValueError(f"out must be a contiguous float32 tensor of shape {(b, h, n)} on {x.device}")
+    target = torch.empty(x.shape[:3], dtype=torch.float32, device=x.device) if out is None else out
+    row_squared_norms([x], target.unsqueeze(0))
+    return target
+
+
+def row_squared_norms(xs: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """:func:`row_squared_norm` of up to three tensors of one ``[b, h, n, dim]`` shape (dtypes may differ; a
+    broadcast view such as ``mean.expand(b, h, n, dim)`` is read in place) into ``out [len(xs), b, h, n]``, in ONE
+    launch: per attention call the recorder's ``‖AV_i‖²``, ``‖V_i‖²`` and ``‖mean V‖²``."""
+    if not (1 <= len(xs) <= 3 and all(row_kernel_available(x) and x.shape == xs[0].shape for x in xs)):
+        raise ValueError("row_squared_norms needs one to three 4-D CUDA fp16/bf16/fp32 tensors of one shape with "
+                         "dim <= 512 and triton; check row_kernel_available first")
+    xs = [x if x.stride(-1) == 1 else x.contiguous() for x in xs]
+    b, h, n, d = xs[0].shape
+    if out.shape != (len(xs), b, h, n) or out.dtype != torch.float32 or not out.is_contiguous() \
+            or out.device != xs[0].device:
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {(len(xs), b, h, n)} on {xs[0].device}")
     rows = b * h * n
     if rows == 0:
         return out
     block_d = max(16, 1 << (d - 1).bit_length())
     block_m = max(16, _TILE // block_d)
-    _row_sumsq_kernel[(-(-rows // block_m),)](x, out, rows, h, n, x.stride(0), x.stride(1), x.stride(2), D=d,
-                                              BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
+    padded = xs + [xs[0]] * (3 - len(xs))
+    strides = [s for x in padded for s in x.stride()[:3]]
+    grid = (len(xs) * -(-rows // block_m),)
+    _row_sumsq_kernel[grid](*padded, out, rows, h, n, *strides, D=d, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out
