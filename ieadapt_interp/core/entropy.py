@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from .kernels.row_energy import row_kernel_available, row_squared_norm
+
 #: Bytes of fp32 scores one block of query rows may occupy on the non-fused path.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
@@ -102,8 +104,6 @@ def squared_norm(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     >>> float(squared_norm(torch.tensor([[3.0, 4.0]]))[0])
     25.0
     """
-    from .kernels.row_energy import row_kernel_available, row_squared_norm
-
     if row_kernel_available(x):
         return row_squared_norm(x, out)
     if out is None:
