@@ -17,6 +17,10 @@ tables (JSON), with the inversion's PSNR / SSIM by background. ``--jobs N`` runs
 
     python benchmarks/bench_edit.py --study --out study.json --csv rows.csv --pairs 20 --jobs 6 --device cuda
     python benchmarks/bench_edit.py --bench --out bench.json --cases toy animatediff cogvideox --device cuda
+    python benchmarks/bench_edit.py --bench --cases animatediff --steps 4 25 --phases --out bench.json  # + parts
+    python benchmarks/bench_edit.py --study --kinds rendered --pair-ids 18 19 --jobs 2 --shard-dir shards \
+        --csv topup.csv                                                   # top up a study with given pairs
+    python benchmarks/bench_edit.py --summarise stored.csv topup.csv --csv merged.csv --out merged.json
 """
 
 from __future__ import annotations
