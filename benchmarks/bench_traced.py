@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_trace import animatediff_case  # noqa: E402
+from bench_trace import animatediff_case
 
 PROMPT = "a red car driving on a road"
 
@@ -51,14 +51,14 @@ def real_pipeline(device: str):
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet, motion_adapter=None,
                                scheduler=DDIMScheduler(beta_schedule="linear", clip_sample=False,
                                                        timestep_spacing="trailing"))
-    return _finish(pipe.to(device, torch.float16)), dict(num_frames=16, height=512, width=512)
+    return _finish(pipe.to(device, torch.float16)), {"num_frames": 16, "height": 512, "width": 512}
 
 
 def tiny_pipeline(device: str):
     """The tiny AnimateDiff pipeline (a CPU check of this script's code paths)."""
     import ieadapt_interp as ia
 
-    return _finish(ia.load_pipeline("tiny:animatediff").to(device)), dict(num_frames=4, height=16, width=16)
+    return _finish(ia.load_pipeline("tiny:animatediff").to(device)), {"num_frames": 4, "height": 16, "width": 16}
 
 
 def _finish(pipe):
@@ -110,7 +110,7 @@ def modes(pipe, kw: dict, steps: int, layers: list[str], read_layer: str) -> dic
         ia.generate(pipe, PROMPT, **call)
 
     def trace():
-        ia.trace(pipe, PROMPT, layers=layers, **call).stats
+        assert ia.trace(pipe, PROMPT, layers=layers, **call).stats.sizes["step"] == steps
 
     def traced(read: bool):
         def run():
@@ -118,7 +118,7 @@ def modes(pipe, kw: dict, steps: int, layers: list[str], read_layer: str) -> dic
                 with model.generate(PROMPT, output_type="np", **call) as tracer:
                     if read:
                         module = _envoy(model, read_layer)
-                        saved = nnsight.save(list())
+                        saved = nnsight.save([])
                         for _ in tracer.iter[:]:
                             saved.append(module.hook_entropy.output.mean().save())
                 stats = model.stats

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 11, tracing overhead: one device-tool call (writes under $OUT). Run from the repository root with .whl carried.
 # MODE=full (default): kernel tests, bench_trace (AnimateDiff + Wan 1.3B), bench_traced, profile_trace with the
-# baseline recorder in benchmarks/_baseline_handlers.py; MODE=short: a few kernel tests, bench_trace AnimateDiff,
-# bench_traced.
+# baseline recorder in benchmarks/_baseline_handlers.py (`git show 7a8e47c:ieadapt_interp/core/handlers.py`);
+# MODE=short: a few kernel tests, bench_traced, bench_trace AnimateDiff.
 set -u
 MODE=${MODE:-full}
 pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl

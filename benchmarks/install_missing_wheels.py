@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata as metadata
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 
