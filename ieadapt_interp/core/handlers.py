@@ -203,7 +203,7 @@ def _segment_offsets(shapes: tuple, bins: int, device: torch.device) -> torch.Te
     built once per structure and device (a host→GPU copy per step would stall the stream)."""
     key = (shapes, bins, str(device))
     if key not in _SEGMENTS_CACHE:
-        if len(_SEGMENTS_CACHE) > 256:  # another resolution or layer selection: start over
+        if len(_SEGMENTS_CACHE) >= 8:  # another resolution or layer selection: start over (bounded memory)
             _SEGMENTS_CACHE.clear()
         lengths = torch.tensor([shape[-1] for shape in shapes for _ in range(math.prod(shape[:-1]))])
         offsets = torch.arange(len(lengths)) * bins
