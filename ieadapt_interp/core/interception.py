@@ -18,6 +18,7 @@ Everything is removed in ``__exit__``, also when an exception escapes.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -50,10 +51,60 @@ class _SDPAMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@functools.lru_cache(maxsize=256)
+def _forward_signature(cls: type) -> inspect.Signature:
+    """The signature of ``cls.forward``, computed once per class (``inspect.signature`` costs ~50 µs a call)."""
+    return inspect.signature(cls.forward)
+
+
+@functools.lru_cache(maxsize=256)
+def parameter_positions(cls: type) -> dict[str, int]:
+    """``{name: position}`` of the positional parameters of ``cls.forward`` (``self`` excluded, up to ``*args``).
+
+    >>> import torch
+    >>> parameter_positions(torch.nn.Linear)
+    {'input': 0}
+    """
+    out = {}
+    for i, p in enumerate(list(_forward_signature(cls).parameters.values())[1:]):
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        out[p.name] = i
+    return out
+
+
+def get_arg(position: dict[str, int], args, kwargs: dict, name: str):
+    """The argument ``name`` of a call, positional or keyword (``None`` if absent); ``position`` from
+    :func:`parameter_positions`.
+
+    >>> get_arg({"x": 0, "t": 1}, [10], {"t": 3}, "t"), get_arg({"x": 0}, [10], {}, "x")
+    (3, 10)
+    """
+    i = position.get(name)
+    if i is not None and i < len(args):
+        return args[i]
+    return kwargs.get(name)
+
+
+def set_arg(position: dict[str, int], args: list, kwargs: dict, name: str, value) -> None:
+    """Replace the argument ``name`` in place where the call passed it (a missing keyword stays missing).
+
+    >>> args, kwargs = [10], {"t": 3}
+    >>> set_arg({"x": 0, "t": 1}, args, kwargs, "x", 11); set_arg({"x": 0, "t": 1}, args, kwargs, "t", 4)
+    >>> args, kwargs
+    ([11], {'t': 4})
+    """
+    i = position.get(name)
+    if i is not None and i < len(args):
+        args[i] = value
+    elif name in kwargs:
+        kwargs[name] = value
+
+
 def _bind(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
     """Name a module call's arguments by its class's ``forward`` signature (wrappers may hide it)."""
     try:
-        bound = inspect.signature(type(module).forward).bind_partial(module, *args, **kwargs)
+        bound = _forward_signature(type(module)).bind_partial(module, *args, **kwargs)
     except TypeError:
         return dict(kwargs)
     return dict(bound.arguments)
@@ -262,10 +313,11 @@ class Interception:
     def _on_enter(self, module, args, kwargs):
         self.state.layer = self.by_module[id(module)]
         self.state.calls_in_layer = 0
-        text = _bind(module, args, kwargs).get("encoder_hidden_states")
+        bound = _bind(module, args, kwargs)
+        text = bound.get("encoder_hidden_states")
         layout = get_layout(self.state.layer.layout)
         self.state.text_len = int(text.shape[1]) if (text is not None and layout.has_text) else 0
-        mask = _bind(module, args, kwargs).get("attention_mask") if self.state.text_len else None
+        mask = bound.get("attention_mask") if self.state.text_len else None
         self.state.text_mask = mask if (mask is not None and mask.ndim == 2
                                         and mask.shape[1] == self.state.text_len) else None
         self._leave_mode()

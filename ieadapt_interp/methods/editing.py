@@ -48,8 +48,7 @@ step (background preservation, Supp. 8.3).
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -60,12 +59,12 @@ import xarray as xr
 
 from ..core.adapters import get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
-from ..core.interception import Interception, hook_denoisers
+from ..core.interception import Interception, get_arg, hook_denoisers, parameter_positions, set_arg
 from .attend_from import AttendFrom, AttendFromHandler
 from .guidance import _ROW_ARGS, _take
 from .inversion import (Inversion, decode, denoise, encode_named, invert, prompt_extras, self_attention_names,
                         skipping)
-from .sources import Source, as_source, check_size
+from .sources import as_source, check_size
 from .tracing import Result, _check_prompt, _noise, generate
 
 METHODS: tuple[str, ...] = ("ieadapt", "all", "fixed", "masactrl", "value", "p2p", "none")
@@ -359,15 +358,8 @@ class CondSourceRow:
         self._handles.clear()
 
     def _before(self, module, args, kwargs):
-        position = {name: i for i, name in enumerate(list(inspect.signature(type(module).forward).parameters)[1:])}
-        args, kwargs = list(args), dict(kwargs)
-
-        def where(name):  # (container, key) of a forward argument, keeping the call's positional / keyword style
-            i = position.get(name)
-            return (args, i) if i is not None and i < len(args) else (kwargs, name)
-
-        box, key = where(self.adapter.sample_arg)
-        batch, n = int(box[key].shape[0]), self.n
+        position, args, kwargs = parameter_positions(type(module)), list(args), dict(kwargs)
+        batch, n = int(get_arg(position, args, kwargs, self.adapter.sample_arg).shape[0]), self.n
         self.dropped = batch == 2 * n
         if not self.dropped:
             return None
@@ -375,10 +367,9 @@ class CondSourceRow:
         names = (self.adapter.sample_arg, self.adapter.text_arg, self.adapter.timestep_arg, *_ROW_ARGS,
                  *getattr(self.adapter, "row_args", ()))
         for name in dict.fromkeys(names):
-            box, key = where(name)
-            if isinstance(box, dict) and key not in box:
-                continue
-            box[key] = _keep_rows(box[key], keep, batch)
+            value = get_arg(position, args, kwargs, name)
+            if value is not None:
+                set_arg(position, args, kwargs, name, _keep_rows(value, keep, batch))
         self.interception.label_next([("uncond", k) for k in range(1, n)] + [("cond", k) for k in range(n)])
         return tuple(args), kwargs
 

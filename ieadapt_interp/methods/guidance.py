@@ -53,7 +53,6 @@ True
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from contextlib import contextmanager
@@ -66,7 +65,7 @@ import torch
 from ..core.adapters import attention_layers, get_adapter
 from ..core.errors import IEAdaptKeyError, IEAdaptTypeError, IEAdaptValueError
 from ..core.handlers import CallContext
-from ..core.interception import Interception, hook_denoisers
+from ..core.interception import Interception, get_arg, hook_denoisers, parameter_positions, set_arg
 from ..core.layers import Layers, LayerSpec, as_layers
 from .calibration import Registry, default_registry, fingerprint
 from .perturbation import Perturbation, PerturbationHandler
@@ -329,31 +328,6 @@ def _map_tensors(x, fn):
     return x
 
 
-def _parameter_positions(module: torch.nn.Module) -> dict[str, int]:
-    """``{name: position}`` of the positional parameters of ``module``'s ``forward`` (up to ``*args``)."""
-    out = {}
-    for i, p in enumerate(list(inspect.signature(type(module).forward).parameters.values())[1:]):
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            break
-        out[p.name] = i
-    return out
-
-
-def _get_arg(position, args, kwargs, name):
-    i = position.get(name)
-    if i is not None and i < len(args):
-        return args[i]
-    return kwargs.get(name)
-
-
-def _set_arg(position, args, kwargs, name, value) -> None:
-    i = position.get(name)
-    if i is not None and i < len(args):
-        args[i] = value
-    elif name in kwargs:
-        kwargs[name] = value
-
-
 def shared_prefix(pipe, layers: Sequence[str]) -> dict[str, int]:
     """``{denoiser attribute: k}``: the guidance rows can share the first ``k ≥ 1`` blocks of that denoiser.
 
@@ -411,7 +385,7 @@ class GuidedDenoiser:
         self.denoisers = list(experts.values())  # Wan 2.2: both experts
         self.denoiser = self.denoisers[0]
         self.cfg_given = cfg
-        self.position = _parameter_positions(self.denoiser)
+        self.position = parameter_positions(type(self.denoiser))
         self.shared_blocks: dict[str, int] = {}
         if guidance.share_prefix and self.adapter.blocks:
             self.shared_blocks = shared_prefix(pipe, guidance.resolve(pipe) if layers is None else layers)
@@ -427,7 +401,7 @@ class GuidedDenoiser:
             experts = self.adapter.denoisers(self.pipe)
             for attr, k in self.shared_blocks.items():
                 for j, (_, block) in enumerate(self.adapter.block_list(experts[attr])[:k + 1]):
-                    hook = partial(self._before_block, j, k, _parameter_positions(block))
+                    hook = partial(self._before_block, j, k, parameter_positions(type(block)))
                     self._handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
         except BaseException:
             self.__exit__(None, None, None)
@@ -442,10 +416,10 @@ class GuidedDenoiser:
 
     # argument access by name, keeping the call's positional / keyword style
     def _get(self, args, kwargs, name):
-        return _get_arg(self.position, args, kwargs, name)
+        return get_arg(self.position, args, kwargs, name)
 
     def _set(self, args, kwargs, name, value):
-        _set_arg(self.position, args, kwargs, name, value)
+        set_arg(self.position, args, kwargs, name, value)
 
     def _before(self, module, args, kwargs):
         sample = self._get(args, kwargs, self.adapter.sample_arg)
@@ -515,9 +489,9 @@ class GuidedDenoiser:
 
         args, kwargs = list(args), dict(kwargs)
         for name in self.adapter.block_row_args:
-            value = _get_arg(position, args, kwargs, name)
+            value = get_arg(position, args, kwargs, name)
             if value is not None:
-                _set_arg(position, args, kwargs, name, _map_tensors(value, rows))
+                set_arg(position, args, kwargs, name, _map_tensors(value, rows))
         if j == 0 or j == k:
             self.interception.relabel(labels[:batch] if j < k else labels)
         return tuple(args), kwargs
