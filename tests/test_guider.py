@@ -301,3 +301,83 @@ def test_config_round_trip_and_step_window():
         g.set_state(step=step, num_inference_steps=4, timestep=torch.tensor(0))
         seen.append((g.num_conditions, g.perturbed_scale()))
     assert seen == [(3, 3.0), (3, 2.0), (1, 0.0), (1, 0.0)]  # no CFG (w = 1): cond, pos, neg
+
+
+# -- prefix sharing (batched forwards): the blocks before the first perturbed one skip the pos / neg rows ------
+LAST = "blocks.1.attn1"  # the tiny Wan transformer has 2 blocks: block 1 is the last
+
+
+class _BlockRows:
+    """``[(block, rows)]`` of every block forward of ``transformer`` while entered."""
+
+    def __init__(self, transformer):
+        self.blocks, self.rows = transformer.blocks, []
+
+    def __enter__(self):
+        self.handles = [b.register_forward_hook(lambda m, a, o, j=j: self.rows.append((j, int(o.shape[0]))))
+                        for j, b in enumerate(self.blocks)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.fixture(scope="module")
+def pag_last(wan):
+    """diffusers' PAG latents perturbing the last block (w = 5, s = 2)."""
+    with _pag_on_wan():
+        return _latents(wan, PerturbedAttentionGuidance(guidance_scale=5.0, perturbed_guidance_scale=2.0,
+                                                        perturbed_guidance_layers=[1], perturbed_guidance_start=0.0,
+                                                        perturbed_guidance_stop=1.0))
+
+
+def test_prefix_sharing_last_block_equals_pag(wan, pag, pag_last):
+    """(A, I) on the last block, shared: 2 rows in block 0, 3 in block 1 at the perturbed step; the latents equal
+    diffusers' PAG on that block (and the first block has nothing to share)."""
+    guider = IEAdaptGuidance(pos="A", neg="I", layers=LAST, guidance_scale=5.0, perturbed_guidance_scale=2.0,
+                             perturbed_guidance_start=0.5)
+    with _BlockRows(wan[0].transformer) as seen:
+        ours = _latents(wan, guider)
+    assert (pag_last - pag["cfg only"]).abs().max() > 1e-3
+    torch.testing.assert_close(ours, pag_last, **BATCHED_TOL)
+    assert guider.shared_blocks(wan[0].transformer) == 1
+    assert seen.rows == [(0, 2), (1, 2), (0, 2), (1, 3)] and [r for _, r in guider.forwards] == [2, 3]
+    assert IEAdaptGuidance(pos="A", neg="I", layers=LAYER).shared_blocks(wan[0].transformer) == 0
+    assert IEAdaptGuidance(pos="A", neg="I", layers=LAST, share_prefix=False).shared_blocks(wan[0].transformer) == 0
+    assert _no_hooks(wan[0].transformer)
+
+
+def test_prefix_sharing_U_I_equals_unshared(wan, pag):
+    """(U, I) on the last block: block 0 runs 2 rows instead of 4; the latents equal the unshared guider's."""
+    out, rows = {}, {}
+    for share in (True, False):
+        guider = IEAdaptGuidance(pos="U", neg="I", layers=LAST, guidance_scale=5.0, perturbed_guidance_scale=2.0,
+                                 share_prefix=share)
+        with _BlockRows(wan[0].transformer) as seen:
+            out[share] = _latents(wan, guider)
+        rows[share] = seen.rows
+    assert rows == {True: [(0, 2), (1, 4)] * 2, False: [(0, 4), (1, 4)] * 2}
+    assert (out[True] - pag["cfg only"]).abs().max() > 1e-3
+    torch.testing.assert_close(out[True], out[False], rtol=0, atol=1e-5)
+    assert _no_hooks(wan[0].transformer)
+
+
+def test_prefix_sharing_error_in_a_block_leaves_no_hook(wan):
+    pipe, _, (pe, ne) = wan
+    g = IEAdaptGuidance(pos="U", neg="I", layers=LAST)
+    g.set_state(step=0, num_inference_steps=1, timestep=torch.tensor([500.0]))
+    states = g.prepare_inputs_from_block_state(BlockState(prompt_embeds=pe, negative_prompt_embeds=ne), FIELDS)
+    g.prepare_models(pipe.transformer)
+
+    def fail(*_):
+        raise RuntimeError("boom")
+
+    handle = pipe.transformer.blocks[0].register_forward_hook(fail)  # inside the shared blocks
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            pipe.transformer(hidden_states=torch.zeros(1, 4, 2, 4, 4), timestep=torch.tensor([500.0]),
+                             encoder_hidden_states=states[0].encoder_hidden_states)
+    finally:
+        handle.remove()
+    assert _no_hooks(pipe.transformer) and g._sharing is None

@@ -58,7 +58,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -366,6 +366,56 @@ def _extend(x, extra):
     return x
 
 
+def hook_shared_blocks(adapter, model: torch.nn.Module, k: int, interception: Interception,
+                       sharing: Callable[[], tuple | None]) -> list:
+    """Prefix sharing on ``model``: forward pre-hooks on its blocks ``0 … k`` (the handles, to remove).
+
+    ``sharing()`` gives, for the denoiser call now running, ``(batch, total, index, labels)``: the rows that
+    differ (``batch``, first), all rows (``total``: the ``pos`` / ``neg`` copies last, ``index`` = the
+    conditional rows they copy) and the ``total`` row labels; ``None``: no sharing in this call. Blocks
+    ``j < k`` run the first ``batch`` rows of each per-row argument (``adapter.block_row_args``); at block
+    ``k`` the rows ``index`` are appended. Used by :class:`GuidedDenoiser` and the diffusers guider.
+    """
+    handles = []
+    try:
+        for j, (_, block) in enumerate(adapter.block_list(model)[:k + 1]):
+            hook = partial(_share_rows, adapter, interception, sharing, j, k, parameter_positions(type(block)))
+            handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
+def _share_rows(adapter, interception: Interception, sharing: Callable[[], tuple | None], j: int, k: int,
+                position: dict, module, args, kwargs):
+    """Block ``j``'s pre-hook (:func:`hook_shared_blocks`): blocks ``j < k``: only the first ``batch`` rows of
+    each per-row argument; block ``k``: the carried arguments (``batch`` rows) get their ``pos`` / ``neg`` rows
+    as copies of the conditional ones."""
+    if sharing() is None:
+        return None
+    batch, total, index, labels = sharing()
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 0 or x.shape[0] not in (batch, total):
+            raise RuntimeError(f"{adapter.name}: a per-row block argument has {x.shape[0] if x.ndim else 0}"
+                               f" rows, expected {batch} or {total}; the adapter's block_row_args do not fit "
+                               "this model. Use Guidance(share_prefix=False).")
+        if j < k:
+            return x[:batch] if x.shape[0] == total else x
+        return torch.cat([x, x.index_select(0, index.to(x.device))]) if x.shape[0] == batch else x
+
+    args, kwargs = list(args), dict(kwargs)
+    for name in adapter.block_row_args:
+        value = get_arg(position, args, kwargs, name)
+        if value is not None:
+            set_arg(position, args, kwargs, name, _map_tensors(value, rows))
+    if j == 0 or j == k:
+        interception.relabel(labels[:batch] if j < k else labels)
+    return tuple(args), kwargs
+
+
 class GuidedDenoiser:
     """Installs the guidance on the denoiser of ``pipe`` for a ``with`` block (see module docstring).
 
@@ -400,9 +450,8 @@ class GuidedDenoiser:
         try:
             experts = self.adapter.denoisers(self.pipe)
             for attr, k in self.shared_blocks.items():
-                for j, (_, block) in enumerate(self.adapter.block_list(experts[attr])[:k + 1]):
-                    hook = partial(self._before_block, j, k, parameter_positions(type(block)))
-                    self._handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+                self._handles += hook_shared_blocks(self.adapter, experts[attr], k, self.interception,
+                                                    lambda: self.sharing)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -469,31 +518,6 @@ class GuidedDenoiser:
             if extra is not None:
                 self._set(args, kwargs, name, _extend(value, extra))
         self.interception.label_next(labels)
-        return tuple(args), kwargs
-
-    def _before_block(self, j: int, k: int, position: dict, module, args, kwargs):
-        """Blocks ``j < k``: only the first ``batch`` rows of each per-row argument; block ``k``: the carried
-        arguments (``batch`` rows) get their ``pos`` / ``neg`` rows as copies of the conditional ones."""
-        if self.sharing is None:
-            return None
-        batch, total, index, labels = self.sharing
-
-        def rows(x: torch.Tensor) -> torch.Tensor:
-            if x.ndim == 0 or x.shape[0] not in (batch, total):
-                raise RuntimeError(f"{self.adapter.name}: a per-row block argument has {x.shape[0] if x.ndim else 0}"
-                                   f" rows, expected {batch} or {total}; the adapter's block_row_args do not fit "
-                                   "this model. Use Guidance(share_prefix=False).")
-            if j < k:
-                return x[:batch] if x.shape[0] == total else x
-            return torch.cat([x, x.index_select(0, index.to(x.device))]) if x.shape[0] == batch else x
-
-        args, kwargs = list(args), dict(kwargs)
-        for name in self.adapter.block_row_args:
-            value = get_arg(position, args, kwargs, name)
-            if value is not None:
-                set_arg(position, args, kwargs, name, _map_tensors(value, rows))
-        if j == 0 or j == k:
-            self.interception.relabel(labels[:batch] if j < k else labels)
         return tuple(args), kwargs
 
     def _after(self, module, args, output):

@@ -20,6 +20,14 @@ first forward of a step runs every condition at once — its inputs repeated and
 without running the model. The loop itself is unchanged. Where the conditions cannot share one batch (their
 guider fields differ in shape, or are not tensors) the step falls back to separate forwards.
 
+**Prefix sharing** (``share_prefix=True``, default; transformers whose blocks run in sequence — Wan, LTX-Video,
+… — as in :func:`ieadapt_interp.guide`). In the batched forward the ``pos`` / ``neg`` rows are copies of the
+``cond`` rows up to the first block holding a perturbed layer: the blocks before it run only the ``cond`` /
+``uncond`` rows, and at that block's input the ``cond`` rows are copied into the ``pos`` / ``neg`` rows
+(:func:`~ieadapt_interp.methods.guidance.hook_shared_blocks`, the same hooks as ``ia.guide``). The result is
+the same up to float rounding; the saving grows with the depth of that block (none for block 0).
+With ``batched=False`` every forward runs the whole denoiser (no sharing).
+
 **Differences from diffusers' PAG, on purpose.** The perturbation window is ``[int(start·n), int(stop·n))``
 (PAG's excludes its first step); without CFG the result is ``ε_A + s·(ε_pos − ε_neg)`` (the paper's formula;
 PAG's default then gives ``ε_skip + s·(ε_A − ε_skip)``, its ``use_original_formulation=True`` ours).
@@ -47,7 +55,7 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception
 from ..core.layers import KINDS
-from .guidance import Guidance
+from .guidance import Guidance, hook_shared_blocks, shared_prefix
 
 #: The guider's prediction names and the row label (CFG branch) each condition's rows get.
 BRANCH_OF = {"pred_cond": "cond", "pred_uncond": "uncond", "pred_pos": "pos", "pred_neg": "neg"}
@@ -109,6 +117,10 @@ class IEAdaptGuidance(BaseGuidance):
         Fractions of the steps with the perturbation term: steps ``int(start·n) ≤ i < int(stop·n)``.
     batched
         Run all conditions of a step in one forward (see module docstring); ``False``: one forward each.
+    share_prefix
+        Batched forwards: the blocks before the first perturbed one run without the ``pos`` / ``neg`` rows
+        (prefix sharing, module docstring; only where the model's blocks run in sequence). ``False``: the
+        extra rows run through the whole denoiser.
     text_rows
         Joint-attention models: also perturb the text-token query rows.
     guidance_rescale, use_original_formulation, start, stop, enabled
@@ -124,9 +136,9 @@ class IEAdaptGuidance(BaseGuidance):
                  perturbed_guidance_scale: float | list[float] = 1.0, guidance_scale: float = 5.0,
                  perturbed_guidance_start: float = 0.0, perturbed_guidance_stop: float = 1.0, batched: bool = True,
                  text_rows: bool = False, guidance_rescale: float = 0.0, use_original_formulation: bool = False,
-                 start: float = 0.0, stop: float = 1.0, enabled: bool = True):
-        self.guidance = Guidance(pos, neg, perturbed_guidance_scale, _layer_spec(layers),
-                                 text_rows=text_rows)  # validates pos/neg/scale/layers
+                 start: float = 0.0, stop: float = 1.0, enabled: bool = True, share_prefix: bool = True):
+        self.guidance = Guidance(pos, neg, perturbed_guidance_scale, _layer_spec(layers), text_rows=text_rows,
+                                 share_prefix=share_prefix)  # validates pos/neg/scale/layers
         if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
                 or not math.isfinite(guidance_scale):
             raise IEAdaptValueError(f"guidance_scale (w) must be a finite number; got {guidance_scale!r}.")
@@ -138,6 +150,8 @@ class IEAdaptGuidance(BaseGuidance):
         self.batched, self.guidance_rescale = bool(batched), float(guidance_rescale)
         self.use_original_formulation = bool(use_original_formulation)
         self._names: dict[int, list[str]] = {}  # id(denoiser) → resolved layer names
+        self._shared: dict[int, int] = {}  # id(denoiser) → k, the blocks shared by the pos / neg rows
+        self._sharing: tuple | None = None  # (batch, total, index, labels) of the batched forward running
         self._interceptions: dict[int, Interception] = {}
         self._batches: list | None = None
         self._undo: list[Callable[[], None]] = []
@@ -214,9 +228,23 @@ class IEAdaptGuidance(BaseGuidance):
         if key not in self._names:
             view = _OneDenoiser(denoiser)
             names = self.guidance.resolve(view)
-            self._interceptions[key] = _ForwardInterception(view, self.guidance.handlers(names))
-            self._names[key] = names
+            interception = _ForwardInterception(view, self.guidance.handlers(names))
+            shared = shared_prefix(view, names) if self.guidance.share_prefix and interception.adapter.blocks else {}
+            self._interceptions[key], self._names[key] = interception, names
+            self._shared[key] = next(iter(shared.values()), 0)
         return self._names[key]
+
+    def shared_blocks(self, denoiser: torch.nn.Module) -> int:
+        """``k``: the leading blocks of ``denoiser`` that a batched forward runs without the ``pos`` / ``neg``
+        rows (0: no prefix sharing — ``share_prefix=False``, a perturbed layer in block 0, or a UNet).
+
+        >>> import ieadapt_interp as ia
+        >>> tr = ia.tiny_pipeline("wan").transformer
+        >>> IEAdaptGuidance(pos="U", neg="I", layers="blocks.1.attn1").shared_blocks(tr)
+        1
+        """
+        self.resolve(denoiser)
+        return self._shared[id(denoiser)]
 
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
         self.resolve(denoiser)  # bad layers: one clear error, nothing installed
@@ -268,8 +296,10 @@ class IEAdaptGuidance(BaseGuidance):
         ``cleanup_models`` only on success).
         """
         perturbed = any(name in ("pred_pos", "pred_neg") for name, _ in conds)
+        extra = sum(name in ("pred_pos", "pred_neg") for name, _ in conds)  # last in conds; conds[0] is cond
         interception = self._interceptions[id(denoiser)]
         sample_arg, params, step = interception.adapter.sample_arg, _forward_params(denoiser), self._step
+        shared = self._shared[id(denoiser)] if batched and extra else 0
         rows = {}
 
         def before(module, args, kwargs):
@@ -279,7 +309,11 @@ class IEAdaptGuidance(BaseGuidance):
                 kwargs = self._stack(kwargs, n)
             self.forwards.append((step, n * max(1, len(conds))))
             if perturbed:
-                interception.label_next([(BRANCH_OF[name], i) for name, _ in conds for i in range(n)])
+                labels = [(BRANCH_OF[name], i) for name, _ in conds for i in range(n)]
+                interception.label_next(labels)
+                if shared:  # the pos / neg rows (last) join at block `shared` as copies of the cond rows (first)
+                    index = torch.arange(n, device=kwargs[sample_arg].device).repeat(extra)
+                    self._sharing = (len(labels) - n * extra, len(labels), index, labels)
             return (), kwargs
 
         def wrap(inner):
@@ -297,6 +331,11 @@ class IEAdaptGuidance(BaseGuidance):
         if perturbed:
             interception.__enter__()
             self._undo.append(lambda: interception.__exit__(None, None, None))
+        if shared:
+            for handle in hook_shared_blocks(interception.adapter, denoiser, shared, interception,
+                                             lambda: self._sharing):
+                self._undo.append(handle.remove)
+            self._undo.append(lambda: setattr(self, "_sharing", None))
         handle = denoiser.register_forward_pre_hook(before, with_kwargs=True, prepend=True)
         self._undo.append(handle.remove)
         self._wrap_forward(denoiser, wrap)
