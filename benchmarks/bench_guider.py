@@ -11,12 +11,18 @@ one run. Random weights; two Wan configurations:
            (320 tokens)
 
     python benchmarks/bench_guider.py --reps 20 --threads 2 --out benchmarks/results/guider_cpu.json
+
+``--prefix``: instead, prefix sharing (``share_prefix``) of the batched guider with the perturbed layer in the
+first or the last block, sharing on / off, against the batched CFG step (s = 0):
+
+    python benchmarks/bench_guider.py --prefix --cases small --reps 12 --threads 1 --out results/guider_prefix.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -88,16 +94,27 @@ def _step(block, tr, guider, x, pe, ne):
     return state.noise_pred
 
 
-def bench(name: str, reps: int) -> dict:
-    from diffusers.modular_pipelines.wan.denoise import WanLoopDenoiser
+def _prefix_guiders(blocks: int) -> dict:
+    """Batched guiders, perturbed layer in the first / last block, prefix sharing on / off."""
+    from ieadapt_interp.methods.guider import IEAdaptGuidance
 
-    tr, x, pe, ne = _case(name)
-    guiders = _guiders("blocks.0.attn1")
-    block = WanLoopDenoiser()
+    out = {"ours, s=0 = CFG, batched (1 × 2 rows)": IEAdaptGuidance(pos="A", neg="I", layers="blocks.0.attn1",
+                                                                     guidance_scale=5.0, perturbed_guidance_scale=0.0)}
+    for pair in ("A", "U"):
+        for where, j in (("first", 0), ("last", blocks - 1)):
+            for share in (True, False):
+                out[f"({pair},I) {where} block, {'shared' if share else 'unshared'}"] = IEAdaptGuidance(
+                    pos=pair, neg="I", layers=f"blocks.{j}.attn1", guidance_scale=5.0, perturbed_guidance_scale=2.0,
+                    share_prefix=share)
+    return out
+
+
+def _timed(block, tr, guiders: dict, x, pe, ne, reps: int) -> tuple[dict, dict]:
+    """``(median ms per step, last prediction)`` of each guider; 2 warm-ups, then interleaved reps."""
     times: dict[str, list[float]] = {k: [] for k in guiders}
     preds = {}
     with torch.no_grad():
-        for key, guider in guiders.items():  # warm-up, and the predictions for the agreement check
+        for key, guider in guiders.items():
             for _ in range(2):
                 preds[key] = _step(block, tr, guider, x, pe, ne)
         for _ in range(reps):
@@ -105,7 +122,29 @@ def bench(name: str, reps: int) -> dict:
                 start = time.perf_counter()
                 _step(block, tr, guider, x, pe, ne)
                 times[key].append((time.perf_counter() - start) * 1e3)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, preds
+
+
+def bench_prefix(name: str, reps: int) -> dict:
+    """Prefix sharing: ms per step of each :func:`_prefix_guiders` guider, and shared vs unshared max |Δ|."""
+    from diffusers.modular_pipelines.wan.denoise import WanLoopDenoiser
+
+    tr, x, pe, ne = _case(name)
+    guiders = _prefix_guiders(len(tr.blocks))
+    med, preds = _timed(WanLoopDenoiser(), tr, guiders, x, pe, ne, reps)
+    agree = {f"({p},I) {w} shared vs unshared": float((preds[f"({p},I) {w} block, shared"]
+                                                       - preds[f"({p},I) {w} block, unshared"]).abs().max())
+             for p in ("A", "U") for w in ("first", "last")}
+    shared = {k: g.shared_blocks(tr) for k, g in guiders.items()}
+    return {"case": name, "blocks": len(tr.blocks), "tokens": int(x.shape[2] * x.shape[3] * x.shape[4] // 4),
+            "ms_per_step": med, "shared_blocks": shared, "max_abs_diff": agree, "reps": reps}
+
+
+def bench(name: str, reps: int) -> dict:
+    from diffusers.modular_pipelines.wan.denoise import WanLoopDenoiser
+
+    tr, x, pe, ne = _case(name)
+    med, preds = _timed(WanLoopDenoiser(), tr, _guiders("blocks.0.attn1"), x, pe, ne, reps)
     agree = {
         "(A,I) batched vs separate": float((preds["ours (A,I), batched (1 × 3 rows)"]
                                             - preds["ours (A,I), separate (3 forwards)"]).abs().max()),
@@ -124,6 +163,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--prefix", action="store_true", help="prefix sharing: first / last block, on / off")
     args = parser.parse_args(argv)
     import diffusers
 
@@ -131,7 +171,9 @@ def main(argv=None) -> None:
     _register_wan_for_pag()
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor()
                or platform.machine(), "cpus": torch.get_num_threads(), "torch": torch.__version__,
-               "diffusers": diffusers.__version__, "cases": [bench(c, args.reps) for c in args.cases]}
+               "diffusers": diffusers.__version__, "load_before": os.getloadavg(),
+               "cases": [(bench_prefix if args.prefix else bench)(c, args.reps) for c in args.cases]}
+    results["load_after"] = os.getloadavg()
     for case in results["cases"]:
         base = case["ms_per_step"]
         print(f"\n{case['case']} ({case['tokens']} tokens), ms/step, median of {case['reps']}:")
