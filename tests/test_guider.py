@@ -308,13 +308,13 @@ LAST = "blocks.1.attn1"  # the tiny Wan transformer has 2 blocks: block 1 is the
 
 
 class _BlockRows:
-    """``[(block, rows)]`` of every block forward of ``transformer`` while entered."""
+    """``[(block, rows)]`` of every block that ran (its self-attention layer's output) while entered."""
 
     def __init__(self, transformer):
         self.blocks, self.rows = transformer.blocks, []
 
     def __enter__(self):
-        self.handles = [b.register_forward_hook(lambda m, a, o, j=j: self.rows.append((j, int(o.shape[0]))))
+        self.handles = [b.attn1.register_forward_hook(lambda m, a, o, j=j: self.rows.append((j, int(o.shape[0]))))
                         for j, b in enumerate(self.blocks)]
         return self
 
@@ -332,17 +332,24 @@ def pag_last(wan):
                                                         perturbed_guidance_stop=1.0))
 
 
-def test_prefix_sharing_last_block_equals_pag(wan, pag, pag_last):
-    """(A, I) on the last block, shared: 2 rows in block 0, 3 in block 1 at the perturbed step; the latents equal
-    diffusers' PAG on that block (and the first block has nothing to share)."""
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "separate"])
+def test_prefix_sharing_last_block_equals_pag(wan, pag, pag_last, batched):
+    """(A, I) on the last block, shared: batched, 2 rows in block 0 and 3 in block 1 at the perturbed step;
+    separate, the neg forward skips block 0 (replays the cond forward's). The latents equal diffusers' PAG on that
+    block (separate: bit for bit), and the first block has nothing to share."""
     guider = IEAdaptGuidance(pos="A", neg="I", layers=LAST, guidance_scale=5.0, perturbed_guidance_scale=2.0,
-                             perturbed_guidance_start=0.5)
+                             perturbed_guidance_start=0.5, batched=batched)
     with _BlockRows(wan[0].transformer) as seen:
         ours = _latents(wan, guider)
     assert (pag_last - pag["cfg only"]).abs().max() > 1e-3
-    torch.testing.assert_close(ours, pag_last, **BATCHED_TOL)
     assert guider.shared_blocks(wan[0].transformer) == 1
-    assert seen.rows == [(0, 2), (1, 2), (0, 2), (1, 3)] and [r for _, r in guider.forwards] == [2, 3]
+    if batched:
+        torch.testing.assert_close(ours, pag_last, **BATCHED_TOL)
+        assert seen.rows == [(0, 2), (1, 2), (0, 2), (1, 3)] and [r for _, r in guider.forwards] == [2, 3]
+    else:
+        assert torch.equal(ours, pag_last)
+        assert [j for j, _ in seen.rows if j == 0] == [0] * 4  # 2 forwards per step; the neg one skips it
+        assert [j for j, _ in seen.rows] == [0, 1, 0, 1, 0, 1, 0, 1, 1]
     assert IEAdaptGuidance(pos="A", neg="I", layers=LAYER).shared_blocks(wan[0].transformer) == 0
     assert IEAdaptGuidance(pos="A", neg="I", layers=LAST, share_prefix=False).shared_blocks(wan[0].transformer) == 0
     assert _no_hooks(wan[0].transformer)
@@ -381,3 +388,29 @@ def test_prefix_sharing_error_in_a_block_leaves_no_hook(wan):
     finally:
         handle.remove()
     assert _no_hooks(pipe.transformer) and g._sharing is None
+
+
+def test_prefix_replay_only_for_the_same_inputs(wan):
+    """Separate forwards, (U, I) on the last block: pos / neg forwards with the cond forward's inputs skip block 0
+    and give the unshared prediction bit for bit; with other latents they run it (and still equal the unshared)."""
+    pipe, _, (pe, ne) = wan
+    tr = pipe.transformer
+    x = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([700.0])
+    out, calls = {}, {}
+    for other in (False, True):
+        for share in (True, False):
+            g = IEAdaptGuidance(pos="U", neg="I", layers=LAST, batched=False, share_prefix=share)
+            g.set_state(step=0, num_inference_steps=1, timestep=t)
+            states = g.prepare_inputs_from_block_state(BlockState(prompt_embeds=pe, negative_prompt_embeds=ne), FIELDS)
+            with _BlockRows(tr) as seen:
+                for st in states:
+                    g.prepare_models(tr)
+                    xi = x + 1.0 if other and st.__guidance_identifier__ in ("pred_pos", "pred_neg") else x
+                    st.noise_pred = tr(hidden_states=xi, timestep=t, encoder_hidden_states=st.encoder_hidden_states,
+                                       return_dict=False)[0]
+                    g.cleanup_models(tr)
+            out[other, share], calls[other, share] = g(states).pred, [j for j, _ in seen.rows].count(0)
+            assert _no_hooks(tr)
+    assert calls == {(False, True): 2, (False, False): 4, (True, True): 4, (True, False): 4}
+    assert torch.equal(out[False, True], out[False, False]) and torch.equal(out[True, True], out[True, False])

@@ -26,7 +26,9 @@ guider fields differ in shape, or are not tensors) the step falls back to separa
 ``uncond`` rows, and at that block's input the ``cond`` rows are copied into the ``pos`` / ``neg`` rows
 (:func:`~ieadapt_interp.methods.guidance.hook_shared_blocks`, the same hooks as ``ia.guide``). The result is
 the same up to float rounding; the saving grows with the depth of that block (none for block 0).
-With ``batched=False`` every forward runs the whole denoiser (no sharing).
+With separate forwards (``batched=False``) the ``cond`` forward keeps the output of the last shared block, and
+a ``pos`` / ``neg`` forward of the same step with the same inputs (latents, timestep, text states: checked)
+returns it from the shared blocks instead of running them (one activation held during the step).
 
 **Differences from diffusers' PAG, on purpose.** The perturbation window is ``[int(start·n), int(stop·n))``
 (PAG's excludes its first step); without CFG the result is ``ε_A + s·(ε_pos − ε_neg)`` (the paper's formula;
@@ -55,7 +57,7 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception
 from ..core.layers import KINDS
-from .guidance import Guidance, hook_shared_blocks, shared_prefix
+from .guidance import Guidance, _map_tensors, hook_shared_blocks, shared_prefix
 
 #: The guider's prediction names and the row label (CFG branch) each condition's rows get.
 BRANCH_OF = {"pred_cond": "cond", "pred_uncond": "uncond", "pred_pos": "pos", "pred_neg": "neg"}
@@ -118,9 +120,9 @@ class IEAdaptGuidance(BaseGuidance):
     batched
         Run all conditions of a step in one forward (see module docstring); ``False``: one forward each.
     share_prefix
-        Batched forwards: the blocks before the first perturbed one run without the ``pos`` / ``neg`` rows
-        (prefix sharing, module docstring; only where the model's blocks run in sequence). ``False``: the
-        extra rows run through the whole denoiser.
+        The blocks before the first perturbed one run without the ``pos`` / ``neg`` rows (batched) or not at
+        all in the ``pos`` / ``neg`` forwards (separate; prefix sharing, module docstring; only where the
+        model's blocks run in sequence). ``False``: the extra rows run through the whole denoiser.
     text_rows
         Joint-attention models: also perturb the text-token query rows.
     guidance_rescale, use_original_formulation, start, stop, enabled
@@ -152,6 +154,7 @@ class IEAdaptGuidance(BaseGuidance):
         self._names: dict[int, list[str]] = {}  # id(denoiser) → resolved layer names
         self._shared: dict[int, int] = {}  # id(denoiser) → k, the blocks shared by the pos / neg rows
         self._sharing: tuple | None = None  # (batch, total, index, labels) of the batched forward running
+        self._prefix: tuple | None = None  # separate forwards: (cond inputs, output of block k − 1) of this step
         self._interceptions: dict[int, Interception] = {}
         self._batches: list | None = None
         self._undo: list[Callable[[], None]] = []
@@ -201,7 +204,7 @@ class IEAdaptGuidance(BaseGuidance):
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.LongTensor) -> None:
         super().set_state(step, num_inference_steps, timestep)
-        self._cache = None
+        self._cache, self._prefix = None, None
         if self.forwards and step <= self.forwards[-1][0]:  # a new run (guider_2 of Wan 2.2 starts mid-run)
             self.forwards = []
 
@@ -235,8 +238,8 @@ class IEAdaptGuidance(BaseGuidance):
         return self._names[key]
 
     def shared_blocks(self, denoiser: torch.nn.Module) -> int:
-        """``k``: the leading blocks of ``denoiser`` that a batched forward runs without the ``pos`` / ``neg``
-        rows (0: no prefix sharing — ``share_prefix=False``, a perturbed layer in block 0, or a UNet).
+        """``k``: the leading blocks of ``denoiser`` that the ``pos`` / ``neg`` rows share with the ``cond`` rows
+        (0: no prefix sharing — ``share_prefix=False``, a perturbed layer in block 0, or a UNet).
 
         >>> import ieadapt_interp as ia
         >>> tr = ia.tiny_pipeline("wan").transformer
@@ -260,8 +263,13 @@ class IEAdaptGuidance(BaseGuidance):
                 self._install(denoiser, conds, batched=True)
             elif conds[k - 1][0] in ("pred_pos", "pred_neg"):
                 self._install(denoiser, [conds[k - 1]], batched=False)
+                if self._shared[id(denoiser)]:
+                    self._replay_prefix(denoiser, record=False)
             else:
                 self._install(denoiser, [], batched=False)
+                if self._shared[id(denoiser)] and conds[k - 1][0] == "pred_cond" and any(
+                        name in ("pred_pos", "pred_neg") for name, _ in conds):
+                    self._replay_prefix(denoiser, record=True)
         except BaseException:
             self.cleanup_models(denoiser)
             raise
@@ -340,6 +348,53 @@ class IEAdaptGuidance(BaseGuidance):
         self._undo.append(handle.remove)
         self._wrap_forward(denoiser, wrap)
 
+    def _replay_prefix(self, denoiser: torch.nn.Module, record: bool) -> None:
+        """Prefix sharing with separate forwards: the ``cond`` forward (``record``) keeps its inputs and the
+        output of the last shared block; a ``pos`` / ``neg`` forward whose inputs equal them gets that output
+        from every shared block (they do not run). Hooks until cleanup."""
+        adapter = self._interceptions[id(denoiser)].adapter
+        blocks = [block for _, block in adapter.block_list(denoiser)[:self._shared[id(denoiser)]]]
+        params, names = _forward_params(denoiser), (adapter.sample_arg, adapter.timestep_arg, adapter.text_arg)
+
+        def inputs(args, kwargs) -> list:
+            bound = {**dict(zip(params, args)), **kwargs}
+            return [bound.get(name) for name in names]
+
+        if record:
+            seen = {}
+
+            def keep_inputs(module, args, kwargs):
+                seen["inputs"] = inputs(args, kwargs)
+
+            def keep_output(module, args, output):
+                self._prefix = (seen["inputs"], _map_tensors(output, torch.clone))
+
+            for handle in (denoiser.register_forward_pre_hook(keep_inputs, with_kwargs=True),
+                           blocks[-1].register_forward_hook(keep_output)):
+                self._undo.append(handle.remove)
+            return
+        if self._prefix is None:
+            return
+        stored, cached = self._prefix
+        replay = {"on": False}
+
+        def check(module, args, kwargs):
+            replay["on"] = all(_same(a, b) for a, b in zip(inputs(args, kwargs), stored))
+
+        handle = denoiser.register_forward_pre_hook(check, with_kwargs=True)
+        self._undo.append(handle.remove)
+        for j, block in enumerate(blocks):
+            last = j == len(blocks) - 1
+
+            def wrap(inner, last=last):
+                def run(*args, **kwargs):
+                    if not replay["on"]:
+                        return inner(*args, **kwargs)
+                    return _map_tensors(cached, torch.clone) if last else cached
+                return run
+
+            self._wrap_forward(block, wrap)
+
     def _wrap_forward(self, denoiser: torch.nn.Module, wrap: Callable) -> None:
         """``denoiser.forward = wrap(its current forward)`` until cleanup (an instance attribute, restored)."""
         previous = denoiser.__dict__.get("forward")  # accelerate / diffusers hooks keep theirs there
@@ -397,6 +452,13 @@ class IEAdaptGuidance(BaseGuidance):
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+def _same(a, b) -> bool:
+    """Whether two forward inputs are equal (tensors: same shape and values)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
+    return a is b or (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b)
 
 
 def _forward_params(module: torch.nn.Module) -> list[str]:
