@@ -7,19 +7,37 @@ An :class:`Interception` installs, for the duration of a ``with`` block,
   embeddings of that row against the ones the caller encoded — no assumption about the CFG batch
   order; a caller that builds the batch itself may label the rows with :meth:`Interception.label_next`);
 * forward pre/post hooks on the attention modules its handlers need that mark which layer is running
-  and, only while it runs, a ``TorchFunctionMode`` that turns each ``F.scaled_dot_product_attention``
-  call — after the model's own projections, QK-norm, RoPE and text/video concatenation, so every
-  processor is reused as is — into a :class:`~ieadapt_interp.core.handlers.CallContext` for the
-  :mod:`handlers <ieadapt_interp.core.handlers>`;
+  and, only while it runs, turn each ``F.scaled_dot_product_attention`` call — after the model's own
+  projections, QK-norm, RoPE and text/video concatenation, so every processor is reused as is — into a
+  :class:`~ieadapt_interp.core.handlers.CallContext` for the :mod:`handlers <ieadapt_interp.core.handlers>`;
 * optionally :mod:`hook points <ieadapt_interp.core.hook_points>` for nnsight.
 
 Everything is removed in ``__exit__``, also when an exception escapes.
+
+How the call is caught (environment variable ``IEADAPT_INTERCEPT``, read at ``__enter__``):
+
+* ``swap`` (default): the attribute ``torch.nn.functional.scaled_dot_product_attention`` is replaced by
+  the interception's handler while a hooked layer's forward runs, and restored by the layer's forward hook
+  (also on an exception), by ``__exit__`` and on removal. Every processor of diffusers 0.42.1 for the
+  supported models (``AttnProcessor2_0``, ``CogVideoXAttnProcessor2_0``, ``MochiAttnProcessor2_0`` and
+  the ``dispatch_attention_fn`` native backends of Wan, LTX-Video and HunyuanVideo) looks the function up
+  by attribute at call time, so this catches it with no per-op cost.
+* ``mode``: a ``TorchFunctionMode`` that routes every torch function of the layer's forward through
+  Python (about 20 per attention forward) to catch the same call — also one bound under another name at
+  import (``from torch.nn.functional import scaled_dot_product_attention``); use it for such a processor.
+
+Both give identical results. The swap is process-global: nested interceptions stack (each forwards to the
+function it replaced, and any exit order restores the right one), and a call from another thread while a
+layer is swapped runs the function that was there before (plain SDPA), as the mode — whose stack is
+per thread — does. Run one traced pipeline per thread at a time.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -37,6 +55,86 @@ from .maps import MapRequest
 from .errors import IEAdaptValueError
 
 _SDPA = F.scaled_dot_product_attention
+_MODES = ("swap", "mode")
+
+
+def intercept_mode() -> str:
+    """How an :class:`Interception` catches the SDPA call: ``IEADAPT_INTERCEPT`` (``swap``, the default, or ``mode``).
+
+    >>> intercept_mode() in _MODES
+    True
+    """
+    value = os.environ.get("IEADAPT_INTERCEPT", "swap").strip().lower() or "swap"
+    if value not in _MODES:
+        raise IEAdaptValueError(f"IEADAPT_INTERCEPT={value!r} is not one of {_MODES}; unset it (swap, the "
+                                "default) or set it to 'mode' (TorchFunctionMode).")
+    return value
+
+
+_SWAP_LOCK = threading.Lock()
+_ACTIVE_SWAPS: list["_SDPASwap"] = []
+
+
+class _SDPASwap:
+    """``torch.nn.functional.scaled_dot_product_attention`` → ``handler`` while entered, on the entering thread.
+
+    Calls from another thread, from inside the handler (its own SDPA) or after exit go to the function this
+    swap replaced (``previous``); while the handler runs the attribute is ``previous`` again. Swaps stack;
+    leaving one out of order relinks the one above it.
+
+    >>> import torch
+    >>> seen = []
+    >>> swap = _SDPASwap(lambda q, k, v, **kw: seen.append(q.shape) or F.scaled_dot_product_attention(q, k, v, **kw))
+    >>> q = torch.ones(1, 1, 2, 4)
+    >>> with swap:
+    ...     out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    >>> seen, torch.nn.functional.scaled_dot_product_attention is _SDPA
+    ([torch.Size([1, 1, 2, 4])], True)
+    """
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+        self.previous = _SDPA
+        self.thread = -1
+        self.active = False
+        self.busy = False
+        self.fn = self._call  # one bound method: the attribute is compared by identity
+
+    def _call(self, *args, **kwargs):
+        if not self.active or self.busy or threading.get_ident() != self.thread:
+            return self.previous(*args, **kwargs)
+        self.busy = True
+        # inside the handler the name means what it meant before (a mode testing ``func is
+        # F.scaled_dot_product_attention``, e.g. diffusers' layer skip, still recognises the call)
+        F.scaled_dot_product_attention = self.previous
+        try:
+            return self.handler(*args, **kwargs)
+        finally:
+            self.busy = False
+            if self.active:
+                F.scaled_dot_product_attention = self.fn
+
+    def __enter__(self) -> "_SDPASwap":
+        with _SWAP_LOCK:
+            self.previous = F.scaled_dot_product_attention
+            self.thread = threading.get_ident()
+            self.active = True
+            F.scaled_dot_product_attention = self.fn
+            _ACTIVE_SWAPS.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with _SWAP_LOCK:
+            if not self.active:
+                return
+            self.active = False
+            _ACTIVE_SWAPS.remove(self)
+            above = next((s for s in _ACTIVE_SWAPS if s.previous is self.fn), None)
+            if above is not None:  # left out of order: the swap above now forwards past this one
+                above.previous = self.previous
+            elif F.scaled_dot_product_attention is self.fn:
+                F.scaled_dot_product_attention = self.previous
+            # else code outside replaced it after this swap; when it restores this one, calls forward (inactive)
 
 
 class _SDPAMode(TorchFunctionMode):
@@ -121,7 +219,7 @@ class _RunState:
     text_len: int = 0
     text_mask: torch.Tensor | None = None  # a layer's ``[row, text]`` padding mask (Mochi)
     calls_in_layer: int = 0
-    mode: _SDPAMode | None = None
+    mode: _SDPAMode | _SDPASwap | None = None
 
 
 
@@ -240,6 +338,7 @@ class Interception:
         return wanted
 
     def __enter__(self) -> "Interception":
+        self._intercept = _SDPASwap if intercept_mode() == "swap" else _SDPAMode
         self._by_layer = self._handlers_by_layer()
         for handler in self.registry.values():
             handler.reset()
@@ -321,7 +420,7 @@ class Interception:
         self.state.text_mask = mask if (mask is not None and mask.ndim == 2
                                         and mask.shape[1] == self.state.text_len) else None
         self._leave_mode()
-        self.state.mode = _SDPAMode(self._on_sdpa)
+        self.state.mode = self._intercept(self._on_sdpa)
         self.state.mode.__enter__()
 
     def _on_exit(self, module, args, output):
@@ -333,7 +432,8 @@ class Interception:
                 f"Attention layer {layer.name} ran without calling F.scaled_dot_product_attention, so it cannot "
                 f"be observed or perturbed (processor {type(module.processor).__name__}). Use a PyTorch-SDPA "
                 f"processor, e.g. pipe.{self.adapter.denoiser_attr}.set_default_attn_processor() or "
-                f"AttnProcessor2_0()."
+                f"AttnProcessor2_0(). A processor that calls it under a name bound at import needs "
+                f"IEADAPT_INTERCEPT=mode."
             )
         return output
 
@@ -362,11 +462,14 @@ class Interception:
         for handler in handlers:
             handler.before(ctx)
         kwargs = dict(dropout_p=dropout_p, is_causal=is_causal, **extra)
+        # by attribute: inside the handler the swap forwards to the function it replaced (an outer
+        # interception's, or SDPA), as the mode, popped while it runs, passes it to the mode below
+        sdpa = F.scaled_dot_product_attention
         if any(handler.wants_entropy(ctx) for handler in handlers):
             ctx.out, ctx.entropy = sdpa_with_entropy(ctx.query, ctx.key, ctx.value, ctx.attn_mask, ctx.scale,
-                                                     sdpa=_SDPA, **kwargs)
+                                                     sdpa=sdpa, **kwargs)
         else:
-            ctx.out = _SDPA(ctx.query, ctx.key, ctx.value, attn_mask=ctx.attn_mask, scale=ctx.scale, **kwargs)
+            ctx.out = sdpa(ctx.query, ctx.key, ctx.value, attn_mask=ctx.attn_mask, scale=ctx.scale, **kwargs)
         for handler in handlers:
             handler.after(ctx)
         return ctx.out
