@@ -12,8 +12,8 @@ one run. Random weights; two Wan configurations:
 
     python benchmarks/bench_guider.py --reps 20 --threads 2 --out benchmarks/results/guider_cpu.json
 
-``--prefix``: instead, prefix sharing (``share_prefix``) of the batched guider with the perturbed layer in the
-first or the last block, sharing on / off, against the batched CFG step (s = 0):
+``--prefix``: instead, prefix sharing (``share_prefix``): batched, the perturbed layer in the first or the last
+block; separate forwards, the last block; sharing on / off; against the CFG step (s = 0) of each mode:
 
     python benchmarks/bench_guider.py --prefix --cases small --reps 12 --threads 1 --out results/guider_prefix.json
 """
@@ -95,17 +95,20 @@ def _step(block, tr, guider, x, pe, ne):
 
 
 def _prefix_guiders(blocks: int) -> dict:
-    """Batched guiders, perturbed layer in the first / last block, prefix sharing on / off."""
+    """Batched guiders, perturbed layer in the first / last block, prefix sharing on / off; separate forwards
+    (``batched=False``), last block, on / off; CFG (s = 0) batched and separate."""
     from ieadapt_interp.methods.guider import IEAdaptGuidance
 
-    out = {"ours, s=0 = CFG, batched (1 × 2 rows)": IEAdaptGuidance(pos="A", neg="I", layers="blocks.0.attn1",
-                                                                     guidance_scale=5.0, perturbed_guidance_scale=0.0)}
+    out = {f"ours, s=0 = CFG, {mode}": IEAdaptGuidance(pos="A", neg="I", layers="blocks.0.attn1", guidance_scale=5.0,
+                                                      perturbed_guidance_scale=0.0, batched=mode == "batched")
+           for mode in ("batched", "separate")}
     for pair in ("A", "U"):
-        for where, j in (("first", 0), ("last", blocks - 1)):
+        for mode, where, j in (("batched", "first", 0), ("batched", "last", blocks - 1),
+                               ("separate", "last", blocks - 1)):
             for share in (True, False):
-                out[f"({pair},I) {where} block, {'shared' if share else 'unshared'}"] = IEAdaptGuidance(
+                out[f"({pair},I) {mode}, {where} block, {'shared' if share else 'unshared'}"] = IEAdaptGuidance(
                     pos=pair, neg="I", layers=f"blocks.{j}.attn1", guidance_scale=5.0, perturbed_guidance_scale=2.0,
-                    share_prefix=share)
+                    share_prefix=share, batched=mode == "batched")
     return out
 
 
@@ -134,7 +137,7 @@ def bench_prefix(name: str, reps: int) -> dict:
     med, preds = _timed(WanLoopDenoiser(), tr, guiders, x, pe, ne, reps)
     agree = {f"({p},I) {w} shared vs unshared": float((preds[f"({p},I) {w} block, shared"]
                                                        - preds[f"({p},I) {w} block, unshared"]).abs().max())
-             for p in ("A", "U") for w in ("first", "last")}
+             for p in ("A", "U") for w in ("batched, first", "batched, last", "separate, last")}
     shared = {k: g.shared_blocks(tr) for k, g in guiders.items()}
     return {"case": name, "blocks": len(tr.blocks), "tokens": int(x.shape[2] * x.shape[3] * x.shape[4] // 4),
             "ms_per_step": med, "shared_blocks": shared, "max_abs_diff": agree, "reps": reps}
