@@ -7,15 +7,15 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ieadapt_interp import attention_layers, tiny_pipeline
-from ieadapt_interp.core.handlers import AttentionHandler
-from ieadapt_interp.core.interception import Interception
-from ieadapt_interp.core.errors import IEAdaptValueError
 from reference import RecordSDPA
 
+from ieadapt_interp import attention_layers, tiny_pipeline
+from ieadapt_interp.core.errors import IEAdaptValueError
+from ieadapt_interp.core.handlers import AttentionHandler
+from ieadapt_interp.core.interception import Interception
+
 SDPA = F.scaled_dot_product_attention
-KW = dict(num_frames=2, height=16, width=16, num_inference_steps=1, output_type="pt")
+KW = {"num_frames": 2, "height": 16, "width": 16, "num_inference_steps": 1, "output_type": "pt"}
 
 
 class ScaleValues(AttentionHandler):

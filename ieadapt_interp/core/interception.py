@@ -72,7 +72,7 @@ def intercept_mode() -> str:
 
 
 _SWAP_LOCK = threading.Lock()
-_ACTIVE_SWAPS: list["_SDPASwap"] = []
+_ACTIVE_SWAPS: list[_SDPASwap] = []
 
 
 class _SDPASwap:
@@ -114,7 +114,7 @@ class _SDPASwap:
             if self.active:
                 F.scaled_dot_product_attention = self.fn
 
-    def __enter__(self) -> "_SDPASwap":
+    def __enter__(self) -> _SDPASwap:
         with _SWAP_LOCK:
             self.previous = F.scaled_dot_product_attention
             self.thread = threading.get_ident()
