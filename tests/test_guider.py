@@ -45,6 +45,16 @@ def _latents(wan, guider):
                    output="latents", **RUN)
 
 
+def _prepared(wan, layers):
+    """A (U, I) guider set to step 0 with its hooks installed for the first forward, and its condition states."""
+    pipe, _, (pe, ne) = wan
+    g = IEAdaptGuidance(pos="U", neg="I", layers=layers)
+    g.set_state(step=0, num_inference_steps=1, timestep=torch.tensor([500.0]))
+    states = g.prepare_inputs_from_block_state(BlockState(prompt_embeds=pe, negative_prompt_embeds=ne), FIELDS)
+    g.prepare_models(pipe.transformer)
+    return g, states
+
+
 def _no_hooks(module: torch.nn.Module) -> bool:
     return "forward" not in module.__dict__ and not any(
         m._forward_hooks or m._forward_pre_hooks for m in module.modules())
@@ -280,11 +290,8 @@ def test_bad_layer_fails_before_any_hook(wan, layers, message):
 
 
 def test_a_failing_forward_leaves_no_hook(wan):
-    pipe, _, (pe, ne) = wan
-    g = IEAdaptGuidance(pos="U", neg="I", layers=LAYER)
-    g.set_state(step=0, num_inference_steps=1, timestep=torch.tensor([500.0]))
-    states = g.prepare_inputs_from_block_state(BlockState(prompt_embeds=pe, negative_prompt_embeds=ne), FIELDS)
-    g.prepare_models(pipe.transformer)
+    pipe = wan[0]
+    g, states = _prepared(wan, LAYER)
     with pytest.raises(RuntimeError):  # 3 latent channels where the model takes 4
         pipe.transformer(hidden_states=torch.zeros(1, 3, 2, 4, 4), timestep=torch.tensor([500.0]),
                          encoder_hidden_states=states[0].encoder_hidden_states)
@@ -371,11 +378,8 @@ def test_prefix_sharing_U_I_equals_unshared(wan, pag):
 
 
 def test_prefix_sharing_error_in_a_block_leaves_no_hook(wan):
-    pipe, _, (pe, ne) = wan
-    g = IEAdaptGuidance(pos="U", neg="I", layers=LAST)
-    g.set_state(step=0, num_inference_steps=1, timestep=torch.tensor([500.0]))
-    states = g.prepare_inputs_from_block_state(BlockState(prompt_embeds=pe, negative_prompt_embeds=ne), FIELDS)
-    g.prepare_models(pipe.transformer)
+    pipe = wan[0]
+    g, states = _prepared(wan, LAST)
 
     def fail(*_):
         raise RuntimeError("boom")
