@@ -61,7 +61,7 @@ from ..core.adapters import get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception, get_arg, hook_denoisers, parameter_positions, set_arg
 from .attend_from import AttendFrom, AttendFromHandler
-from .guidance import _ROW_ARGS, _take
+from .guidance import _ROW_ARGS, _map_tensors, _take
 from .inversion import (Inversion, decode, denoise, encode_named, invert, prompt_extras, self_attention_names,
                         skipping)
 from .sources import as_source, check_size
@@ -326,14 +326,11 @@ class SourceRowHandler(AttendFromHandler):
 
 def _keep_rows(x, keep: torch.Tensor, batch: int):
     """``x`` with only the denoiser rows ``keep`` where it is batched (nested dict/list; others unchanged)."""
-    if isinstance(x, torch.Tensor):
-        taken = _take(x, keep, batch)
-        return x if taken is None else taken
-    if isinstance(x, dict):
-        return {k: _keep_rows(v, keep, batch) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_keep_rows(v, keep, batch) for v in x)
-    return x
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        taken = _take(t, keep, batch)
+        return t if taken is None else taken
+
+    return _map_tensors(x, rows)
 
 
 class CondSourceRow:

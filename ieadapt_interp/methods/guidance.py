@@ -393,9 +393,10 @@ def _share_rows(adapter, interception: Interception, sharing: Callable[[], tuple
     """Block ``j``'s pre-hook (:func:`hook_shared_blocks`): blocks ``j < k``: only the first ``batch`` rows of
     each per-row argument; block ``k``: the carried arguments (``batch`` rows) get their ``pos`` / ``neg`` rows
     as copies of the conditional ones."""
-    if sharing() is None:
+    state = sharing()
+    if state is None:
         return None
-    batch, total, index, labels = sharing()
+    batch, total, index, labels = state
 
     def rows(x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 0 or x.shape[0] not in (batch, total):
