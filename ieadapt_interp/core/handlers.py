@@ -292,6 +292,11 @@ class StatsRecorder(AttentionHandler):
     for self-attention, ``map_energy_hist`` (each map's energy position between its bounds, :data:`ENERGY_BINS`).
 
     ``branches``: the CFG branches whose rows are recorded (rows labelled ``"all"`` always are).
+    ``entropy_only``: record the per-frame ``entropy`` (and ``entropy_text``) alone — no energies, no per-map
+    histograms (the same entropy values, cheaper: what an edit's layer selection reads).
+
+    >>> StatsRecorder(["a"], entropy_only=True).layers(None)
+    {'a'}
 
     Per call the work stays on the device and costs about ten kernel launches (three energies in one buffer,
     one reduction per frames/maps for all of them); the histograms of a step's maps are binned together when the
@@ -300,9 +305,11 @@ class StatsRecorder(AttentionHandler):
 
     name = "stats"
 
-    def __init__(self, layers: Iterable[str], branches: tuple[str, ...] = ("cond",)) -> None:
+    def __init__(self, layers: Iterable[str], branches: tuple[str, ...] = ("cond",),
+                 entropy_only: bool = False) -> None:
         self.layer_names = set(layers)
         self.branches = tuple(branches)
+        self.entropy_only = bool(entropy_only)
         self.reset()
 
     @property
@@ -323,12 +330,15 @@ class StatsRecorder(AttentionHandler):
         if not keep:
             return
         sel, n = ctx.elements(keep), len(keep)
-        v = select(ctx.value, sel)  # a view for consecutive rows; both energy bounds derive from it
-        mask = ctx.attn_mask if ctx.attn_mask is None or ctx.attn_mask.shape[0] == 1 else select(ctx.attn_mask, sel)
         entropy = select(ctx.entropy, sel).float()
-        energies = row_energies(select(ctx.out, sel), v, mask, ctx.square)
+        groups = [(("entropy",), entropy, "mean")]
+        if not self.entropy_only:
+            v = select(ctx.value, sel)  # a view for consecutive rows; both energy bounds derive from it
+            mask = ctx.attn_mask if ctx.attn_mask is None or ctx.attn_mask.shape[0] == 1 else select(ctx.attn_mask, sel)
+            energies = row_energies(select(ctx.out, sel), v, mask, ctx.square)
+            groups.append((ENERGY_VARS, energies, "sum"))
         flat = {}
-        for names, x, how in ((("entropy",), entropy, "mean"), (ENERGY_VARS, energies, "sum")):
+        for names, x, how in groups:
             video, text = ctx.layout.to_frames(x, len(names) * n, ctx.per, ctx.num_frames, ctx.text_len, how)
             flat.update(zip(names, video.view(len(names), n, *video.shape[1:]).unbind(0)))
             if text is not None:
@@ -337,7 +347,8 @@ class StatsRecorder(AttentionHandler):
             self._bin_pending()
         record = LayerStats(ctx.step, ctx.layer.name, [ctx.rows[i] for i in keep], ctx.key.shape[-2], flat)
         self._calls.append(record)
-        self._pending.append((record, *self._per_map(ctx, entropy, energies, n)))
+        if not self.entropy_only:
+            self._pending.append((record, *self._per_map(ctx, entropy, energies, n)))
 
     @staticmethod
     def _per_map(ctx: CallContext, entropy: torch.Tensor, energies: torch.Tensor, n_rows: int) -> tuple:

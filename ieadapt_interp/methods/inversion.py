@@ -38,7 +38,7 @@ import xarray as xr
 
 from ..core.adapters import attention_layers, get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
-from ..core.handlers import AttentionHandler, LayerStats, select
+from ..core.handlers import StatsRecorder
 from ..core.interception import Interception
 from ..core.stats import stats_dataset
 from .sources import as_source, check_size, encode_video
@@ -84,41 +84,6 @@ class Inversion:
         """``{"psnr", "ssim", "vae_psnr", "steps", "guidance_scale"}`` — one table row."""
         return {"psnr": self.psnr, "ssim": self.ssim, "vae_psnr": self.vae_psnr, "steps": self.num_inference_steps,
                 "skip": self.skip, "guidance_scale": self.guidance_scale}
-
-
-class EntropyRecorder(AttentionHandler):
-    """The part of :class:`~ieadapt_interp.core.handlers.StatsRecorder` that ``L_edit`` reads: each call's
-    per-frame ``entropy`` (and ``entropy_text``), reduced as there — no energies, no per-map histograms.
-    :attr:`calls` holds one :class:`~ieadapt_interp.core.handlers.LayerStats` per call (``stats_dataset`` input).
-
-    >>> EntropyRecorder(["a"]).layers(None), EntropyRecorder.name
-    ({'a'}, 'entropy')
-    """
-
-    name = "entropy"
-
-    def __init__(self, layers, branches: tuple[str, ...] = ("cond",)) -> None:
-        self.layer_names, self.branches = set(layers), tuple(branches)
-        self.calls: list[LayerStats] = []
-
-    def reset(self):
-        self.calls = []
-
-    def _rows(self, ctx) -> list[int]:
-        return ctx.rows_where(lambda b, s: b in self.branches or b == "all")
-
-    def wants_entropy(self, ctx):
-        return bool(self._rows(ctx))
-
-    def after(self, ctx):
-        keep = self._rows(ctx)
-        if not keep:
-            return
-        entropy = select(ctx.entropy, ctx.elements(keep)).float()
-        video, text = ctx.layout.to_frames(entropy, len(keep), ctx.per, ctx.num_frames, ctx.text_len, "mean")
-        flat = {"entropy": video, **({"entropy_text": text} if text is not None else {})}
-        rows = [ctx.rows[i] for i in keep]
-        self.calls.append(LayerStats(ctx.step, ctx.layer.name, rows, ctx.key.shape[-2], flat))
 
 
 def psnr(video: np.ndarray, reference: np.ndarray) -> float:
@@ -342,7 +307,7 @@ def invert(
     capture
         Record the self-attention layers' statistics over the inversion pass (``Inversion.stats``; IE-Adapt
         selects ``L_edit`` from their entropy): ``True`` (every variable of the core ``StatsRecorder``) or
-        ``"entropy"`` (:class:`EntropyRecorder`: the entropy only, the same values, cheaper — what an edit needs).
+        ``"entropy"`` (``StatsRecorder(entropy_only=True)``: the entropy only, the same values, cheaper — what an edit needs).
 
     Returns an :class:`Inversion`; the pipeline (its scheduler included) is left as it was.
     """
@@ -376,7 +341,7 @@ def invert(
         return {}
 
     capture_names = self_attention_names(pipe) if capture else []
-    recorder = EntropyRecorder(capture_names) if capture == "entropy" else None
+    recorder = StatsRecorder(capture_names, entropy_only=True) if capture == "entropy" else None
     interception = Interception(pipe, [recorder] if recorder is not None else [],
                                 capture=capture_names if recorder is None else [],
                                 embeddings={"cond": cond, **({"uncond": uncond} if cfg else {})})
@@ -420,7 +385,7 @@ def layer_kinds(pipe) -> dict[str, str]:
     return dict(zip(table.name, table.kind))
 
 
-__all__ = ["EntropyRecorder", "Inversion", "SELF_ATTENTION", "decode", "denoise", "encode_named", "encode_prompts",
+__all__ = ["Inversion", "SELF_ATTENTION", "decode", "denoise", "encode_named", "encode_prompts",
            "invert",
            "prompt_extras", "inverse_scheduler", "psnr",
            "resolve_skip", "self_attention_names", "skipping", "video_ssim"]
