@@ -55,7 +55,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
-from ..core.interception import Interception
+from ..core.interception import Interception, parameter_positions
 from ..core.layers import KINDS
 from .guidance import Guidance, _map_tensors, hook_shared_blocks, shared_prefix
 
@@ -306,7 +306,7 @@ class IEAdaptGuidance(BaseGuidance):
         perturbed = any(name in ("pred_pos", "pred_neg") for name, _ in conds)
         extra = sum(name in ("pred_pos", "pred_neg") for name, _ in conds)  # last in conds; conds[0] is cond
         interception = self._interceptions[id(denoiser)]
-        sample_arg, params, step = interception.adapter.sample_arg, _forward_params(denoiser), self._step
+        sample_arg, params, step = interception.adapter.sample_arg, list(parameter_positions(type(denoiser))), self._step
         shared = self._shared[id(denoiser)] if batched and extra else 0
         rows = {}
 
@@ -354,7 +354,7 @@ class IEAdaptGuidance(BaseGuidance):
         from every shared block (they do not run). Hooks until cleanup."""
         adapter = self._interceptions[id(denoiser)].adapter
         blocks = [block for _, block in adapter.block_list(denoiser)[:self._shared[id(denoiser)]]]
-        params, names = _forward_params(denoiser), (adapter.sample_arg, adapter.timestep_arg, adapter.text_arg)
+        params, names = list(parameter_positions(type(denoiser))), (adapter.sample_arg, adapter.timestep_arg, adapter.text_arg)
 
         def inputs(args, kwargs) -> list:
             bound = {**dict(zip(params, args)), **kwargs}
@@ -459,13 +459,6 @@ def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
     return a is b or (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b)
-
-
-def _forward_params(module: torch.nn.Module) -> list[str]:
-    import inspect
-
-    params = list(inspect.signature(type(module).forward).parameters.values())[1:]
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _split(output, n: int, rows: int) -> list:
