@@ -87,12 +87,22 @@ def key_weights_uniform(k: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tenso
     return (weights / weights.sum(-1, keepdim=True)).expand(*k.shape[:-2], *weights.shape[-2:])
 
 
-def value_mean(v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``U·V`` row: the (allowed-)key mean of ``v`` in fp32, ``[B, head, 1 or query, dim]``."""
+def value_mean(v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """``U·V`` row: the (allowed-)key mean of ``v`` in fp32, ``[B, head, 1 or query, dim]``.
+
+    Under a mask, ``v`` is cast to fp32 ``chunk_bytes`` of keys at a time, not whole (HunyuanVideo 720p 129 frames:
+    1.5 GB per call otherwise).
+    """
     if attn_mask is None:
         return v.mean(-2, keepdim=True, dtype=torch.float32)  # fp32 accumulation, no fp32 copy of v
     weights = key_weights_uniform(v, attn_mask)
-    return torch.matmul(weights, v.float())
+    n_k = v.shape[-2]
+    step = max(1, chunk_bytes // max(1, 4 * v[..., :1, :].numel()))
+    out = torch.matmul(weights[..., :step], v[..., :step, :].float())
+    for start in range(step, n_k, step):
+        out += torch.matmul(weights[..., start:start + step], v[..., start:start + step, :].float())
+    return out
 
 
 def squared_norm(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
