@@ -62,8 +62,8 @@ from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception, get_arg, hook_denoisers, parameter_positions, set_arg
 from .attend_from import AttendFrom, AttendFromHandler
 from .guidance import _ROW_ARGS, _map_tensors, _take
-from .inversion import (Inversion, decode, denoise, encode_named, invert, prompt_extras, self_attention_names,
-                        skipping)
+from .inversion import (SELF_ATTENTION, Inversion, decode, denoise, encode_named, invert, prompt_extras,
+                        self_attention_names, skipping)
 from .sources import as_source, check_size
 from .tracing import Result, _check_prompt, _noise, generate
 
@@ -192,7 +192,7 @@ def selection_table(pipe, stats: xr.Dataset | None, ratio: float) -> pd.DataFram
     ``entropy`` (mean % of the maximum over steps, heads and frames of the source run; NaN without stats)
     and ``chosen`` (among the lowest ``ratio`` fraction, via ``ds.ieadapt.low_entropy_layers``)."""
     ratio = check_ratio(ratio)
-    records = [r for r in layer_records(pipe) if r.name in set(self_attention_names(pipe))]
+    records = [r for r in layer_records(pipe) if r.kind in SELF_ATTENTION]  # one walk of the model's modules
     if stats is None:
         entropy, chosen = {}, set()
     else:
