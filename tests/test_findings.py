@@ -411,3 +411,19 @@ def test_bootstrap_intervals_cover_the_spread_of_pairs():
     assert "95 % interval" in text and "bootstrap over the 2 (prompt, seed) pairs" in text
     with pytest.raises(ValueError, match="level"):
         fd.bootstrap_intervals(table, level=1.5)
+
+
+def test_bootstrap_intervals_equal_a_naive_loop_over_draws():
+    # each draw measured afresh (no reuse of repeated draws), with the same generator: the same quantiles exactly
+    table = paper_like_table()
+    table["value"].loc[dict(prompt="p1", perturbation="temporal.all:uniform", metric="flow_magnitude")] = 0.8
+    rng, pairs, draws = np.random.default_rng(3), fd._pairs(table), []
+    for _ in range(12):
+        take = rng.integers(0, 2, 2)
+        sub = pairs.isel(prompt=take).assign_coords(prompt=np.arange(2))
+        draws.append(fd.measure_findings(fd.Evidence(sub, None, 0)).set_index("id")["effect"])
+    samples = pd.concat(draws, axis=1)
+    intervals = fd.bootstrap_intervals(table, n_boot=12, seed=3)
+    expected = samples.quantile(0.025, axis=1).dropna()
+    pd.testing.assert_series_equal(intervals["ci_low"], expected, check_names=False)
+    pd.testing.assert_series_equal(intervals["ci_high"], samples.quantile(0.975, axis=1).dropna(), check_names=False)

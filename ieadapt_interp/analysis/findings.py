@@ -776,19 +776,18 @@ def bootstrap_intervals(
     n_table = pairs.sizes["prompt"] if pairs is not None else 0
     n_stats = len(parts) if parts else 0
     rng = np.random.default_rng(seed)
-    draws = []
+    draws, measured = [], {}  # measured: effects per drawn (table pairs, stats pairs), each measured once
     for _ in range(n_boot):
         idx = rng.integers(0, max(n_table, n_stats, 1), max(n_table, n_stats, 1))
-        sub_table = None
+        take_table = take_stats = None
         if pairs is not None:
-            take = idx if n_table == len(idx) else rng.integers(0, n_table, n_table)
-            sub_table = pairs.isel(prompt=take).assign_coords(prompt=np.arange(n_table))
-        sub_stats = None
+            take_table = idx if n_table == len(idx) else rng.integers(0, n_table, n_table)
         if parts:
-            take = idx if n_stats == len(idx) else rng.integers(0, n_stats, n_stats)
-            sub_stats = pool_evidence([parts[i] for i in take])
-        evidence = Evidence(sub_table, sub_stats, n_stats)
-        draws.append(measure_findings(evidence, **check_options).set_index("id")["effect"])
+            take_stats = idx if n_stats == len(idx) else rng.integers(0, n_stats, n_stats)
+        key = (None if take_table is None else tuple(take_table), None if take_stats is None else tuple(take_stats))
+        if key not in measured:  # few pairs repeat draws: 1 pair has one, 2 pairs four
+            measured[key] = _measure_draw(pairs, parts, take_table, take_stats, n_stats, check_options)
+        draws.append(measured[key])
     samples = pd.concat(draws, axis=1)
     alpha = (1 - level) / 2
     return pd.DataFrame(
@@ -798,6 +797,17 @@ def bootstrap_intervals(
             "n_pairs": max(n_table, n_stats),
         }
     ).dropna(subset=["ci_low"])
+
+
+def _measure_draw(pairs, parts, take_table, take_stats, n_stats: int, check_options) -> pd.Series:
+    """Every finding's effect (indexed by ``id``) on one bootstrap draw: the sweep's pairs ``take_table`` and the
+    stats' pairs ``take_stats`` (index arrays, or ``None`` when that evidence is absent)."""
+    sub_table = sub_stats = None
+    if take_table is not None:
+        sub_table = pairs.isel(prompt=take_table).assign_coords(prompt=np.arange(len(take_table)))
+    if take_stats is not None:
+        sub_stats = pool_evidence([parts[i] for i in take_stats])
+    return measure_findings(Evidence(sub_table, sub_stats, n_stats), **check_options).set_index("id")["effect"]
 
 
 def with_intervals(findings: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
