@@ -161,8 +161,20 @@ def bench_shape(name, B, H, N, D, dtype, reps, variants, backends=True, skip=())
     flops = 4 * B * H * N * N * D
     row = {"name": name, "B": B, "H": H, "N": N, "D": D, "dtype": str(dtype).replace("torch.", ""),
            "masked_keys": MASKED.get(name, 0)}
-    row["sdpa_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), reps)
+    try:  # with a mask SDPA has no flash backend; if it falls back to materialising the scores, it runs out
+        row["sdpa_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), reps)
+    except torch.OutOfMemoryError as exc:  # of memory at DiT sizes: the fused variants are still timed
+        row["sdpa_ms"], row["sdpa_error"] = float("nan"), repr(exc)[:200]
+        torch.cuda.empty_cache()
     row["sdpa_tflops"] = flops / (row["sdpa_ms"] * 1e-3) / 1e12
+    if mask is not None:  # what SDPA takes at this size when it may use flash: the same call without the mask
+        row["sdpa_nomask_ms"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), reps)
+        try:  # the backend SDPA picks for the masked call (its bool mask becomes an additive one first)
+            additive = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, float("-inf"))
+            row["sdpa_backend"] = SDPBackend(torch._fused_sdp_choice(q, k, v, additive, 0.0, False)).name
+        except Exception as exc:  # noqa: BLE001 - private API: informative only
+            row["sdpa_backend"] = repr(exc)[:100]
+    print(f"  {name}: sdpa {row['sdpa_ms']:.3f} ms", flush=True)
     for label, fn in variants.items():
         try:
             t_first = time.perf_counter()
@@ -174,6 +186,10 @@ def bench_shape(name, B, H, N, D, dtype, reps, variants, backends=True, skip=())
             else:
                 row[f"{label}_ms"] = time_ms(lambda fn=fn: fn(q, k, v), reps)
             row[f"{label}_over_sdpa"] = row[f"{label}_ms"] / row["sdpa_ms"]
+            if "sdpa_nomask_ms" in row:
+                row[f"{label}_over_sdpa_nomask"] = row[f"{label}_ms"] / row["sdpa_nomask_ms"]
+            print(f"  {name}: {label} {row[f'{label}_ms']:.3f} ms (first call {row[f'{label}_first_call_s']:.1f} s)",
+                  flush=True)
             row[f"{label}_tflops"] = flops / (row[f"{label}_ms"] * 1e-3) / 1e12
         except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the table
             row[f"{label}_error"] = repr(exc)[:300]

@@ -13,6 +13,7 @@ peak memory.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -60,7 +61,14 @@ def cogvideox_case(device: str):
     return SimpleNamespace(transformer=model), run
 
 
-def _wan_case(device: str, heads: int, ffn: int, layers: int, height: int, width: int, forwards: int):
+def _new_timesteps(device: str):
+    """A new timestep ``[1]`` for every step, as in a run: the interception then counts steps, so the recorder bins
+    each step's per-map histograms inside the timed steps (one fixed timestep would leave all binning to the end)."""
+    return itertools.cycle([torch.tensor([981 - 20 * i], device=device) for i in range(50)])
+
+
+def _wan_case(device: str, heads: int, ffn: int, layers: int, height: int, width: int, forwards: int,
+              head_dim: int = 128):
     """Wan 2.1 T2V transformer at real size, bf16, 81 frames (21 latent frames); one CFG step = ``forwards``
     batch-1 forwards (WanPipeline runs the conditional and unconditional branches as separate calls)."""
     from diffusers import WanTransformer3DModel
@@ -68,15 +76,16 @@ def _wan_case(device: str, heads: int, ffn: int, layers: int, height: int, width
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # build the weights in bf16 directly (no fp32 copy of a 14B model)
     try:
-        model = WanTransformer3DModel(num_attention_heads=heads, attention_head_dim=128, ffn_dim=ffn,
+        model = WanTransformer3DModel(num_attention_heads=heads, attention_head_dim=head_dim, ffn_dim=ffn,
                                       num_layers=layers).to(device, torch.bfloat16).eval().requires_grad_(False)
     finally:
         torch.set_default_dtype(previous)
     sample = torch.randn(1, 16, 21, height // 8, width // 8, device=device, dtype=torch.bfloat16)
     texts = [torch.randn(1, 512, 4096, device=device, dtype=torch.bfloat16) for _ in range(forwards)]
-    t = torch.tensor([500], device=device)
+    timesteps = _new_timesteps(device)
 
     def run():
+        t = next(timesteps)  # one step: its forwards share the timestep
         return [model(hidden_states=sample, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
                 for text in texts]
 
@@ -115,11 +124,11 @@ def _hunyuan_case(device: str, frames: int, height: int, width: int, text_valid:
     text_mask = torch.zeros(1, 256, device=device, dtype=torch.bool)
     text_mask[:, :text_valid] = True
     pooled = torch.randn(1, cfg.pooled_projection_dim, device=device, dtype=torch.bfloat16)
-    t = torch.tensor([500], device=device)
+    timesteps = _new_timesteps(device)
     guidance = torch.tensor([6000.0], device=device, dtype=torch.bfloat16)
 
     def run():
-        return model(hidden_states=sample, timestep=t, encoder_hidden_states=text, encoder_attention_mask=text_mask,
+        return model(hidden_states=sample, timestep=next(timesteps), encoder_hidden_states=text, encoder_attention_mask=text_mask,
                      pooled_projections=pooled, guidance=guidance, return_dict=False)[0]
 
     return SimpleNamespace(transformer=model), run
@@ -136,46 +145,80 @@ def hunyuan65_case(device: str):
     return _hunyuan_case(device, 65, 720, 1280)
 
 
+#: ``--tiny``: the big cases at toy size (CPU), to check the plumbing before a GPU call; the numbers mean nothing.
+_HY_TINY = {"num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 2, "num_single_layers": 2,
+            "num_refiner_layers": 1, "text_embed_dim": 32, "pooled_projection_dim": 16, "rope_axes_dim": (4, 6, 6)}
+TINY = {"wan14b": lambda device: _wan_case(device, 2, 64, 2, 32, 48, forwards=1, head_dim=16),
+        "hunyuan": lambda device: _hunyuan_case(device, 9, 32, 48, **_HY_TINY),
+        "hunyuan65": lambda device: _hunyuan_case(device, 5, 32, 48, **_HY_TINY)}
+
 CASES = {"animatediff": animatediff_case, "cogvideox": cogvideox_case, "wan13b": wan13b_case,
          "wan14b": wan14b_case, "hunyuan": hunyuan_case, "hunyuan65": hunyuan65_case}
 #: Cases whose one step takes seconds: --reps-big reps after one warm-up step.
 BIG = ("wan14b", "hunyuan", "hunyuan65")
 
 
-def _time(fn, reps: int, warmup: int = 2) -> tuple[float, float]:
-    torch.cuda.synchronize()
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(reps):
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _time(fn, reps: int, warmup: int = 2, log: str | None = None) -> tuple[float, float]:
+    """Median ms of ``reps`` steps after ``warmup`` and the peak GiB over the timed steps. ``log``: print every step's
+    seconds (warm-ups too) as it ends, labelled so, for steps that take tens of seconds (a run stopped at its
+    limit keeps them)."""
+    _sync()
+    for i in range(warmup):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
+        if log:
+            print(f"  {log} warm-up {i + 1}/{warmup}: {time.perf_counter() - start:.2f} s", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(reps):
+        start = time.perf_counter()
+        fn()
+        _sync()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
+        if log:
+            print(f"  {log} step {i + 1}/{reps}: {times[-1] / 1e3:.2f} s", flush=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return statistics.median(times), peak
 
 
-def bench(name: str, reps: int, warmup: int = 2) -> dict:
+def bench(name: str, reps: int, warmup: int = 2, fold_count: bool = False, log: bool = False,
+          tiny: bool = False) -> dict:
+    """One model's plain and traced ms/step and peak memory. ``fold_count``: count the recorded calls per step
+    from the timed traced steps (all of them record the same calls) instead of one more traced step; ``log``: print
+    each step as it ends; ``tiny``: the toy-size case on the CPU (:data:`TINY`)."""
     from ieadapt_interp import attention_layers
     from ieadapt_interp.core.interception import Interception
 
-    with torch.device("cuda"):  # initialise the random weights on the GPU (fast)
-        pipe_like, step = CASES[name]("cuda")
+    device = "cpu" if tiny else "cuda"
+    t0 = time.perf_counter()
+    with torch.device(device):  # initialise the random weights on the GPU (fast)
+        pipe_like, step = (TINY[name] if tiny else CASES[name])(device)
+    if log:
+        print(f"  {name} built in {time.perf_counter() - t0:.1f} s", flush=True)
     self_attention = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
     with torch.no_grad():
-        plain_ms, plain_gib = _time(step, reps, warmup)
+        plain_ms, plain_gib = _time(step, reps, warmup, log=log and f"{name} plain")
         ic = Interception(pipe_like, capture=self_attention, record_branches=("all",))
         with ic:
-            traced_ms, traced_gib = _time(step, reps, warmup)
-        ic.stats_calls.clear()
-        with ic:
-            step()
-        n_calls = len(ic.stats_calls)
+            traced_ms, traced_gib = _time(step, reps, warmup, log=log and f"{name} traced")
+        if fold_count:
+            n_calls = len(ic.stats_calls) / (warmup + reps)
+        else:
+            ic.stats_calls.clear()
+            with ic:
+                step()
+            n_calls = len(ic.stats_calls)
     result = {"model": name, "plain_ms": plain_ms, "traced_ms": traced_ms, "ratio": traced_ms / plain_ms,
               "plain_peak_gib": plain_gib, "traced_peak_gib": traced_gib, "memory_ratio": traced_gib / plain_gib,
-              "layers_captured": len(self_attention), "calls_recorded_per_step": n_calls, "reps": reps}
+              "layers_captured": len(self_attention), "calls_recorded_per_step": n_calls, "reps": reps,
+              "warmup": warmup}
     print(json.dumps(result), flush=True)
     del pipe_like, step
     torch.cuda.empty_cache()
@@ -190,18 +233,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=6, help="warm-up steps; ≥ 6 so the TMA kernel has autotuned every shape")
     parser.add_argument("--reps-big", type=int, default=3, help="reps for wan14b (one forward takes seconds)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--tiny", action="store_true",
+                        help="the big cases at toy size on the CPU (checks the plumbing; numbers mean nothing)")
     args = parser.parse_args()
     import diffusers
     import triton
 
-    info = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-            "triton": triton.__version__, "diffusers": diffusers.__version__}
+    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "gpu": "cpu (--tiny)" if args.tiny else torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "triton": triton.__version__, "diffusers": diffusers.__version__,
+            "big_cases": f"{BIG}: --reps-big timed steps after 1 warm-up, each step logged; recorded calls per step "
+                         "counted from the timed traced steps"}
     print(json.dumps(info), flush=True)
     results = []
     for name in args.models:
         big = name in BIG
         try:
-            results.append(bench(name, args.reps_big if big else args.reps, 1 if big else args.warmup))
+            results.append(bench(name, args.reps_big if big else args.reps, 1 if big else args.warmup,
+                                 fold_count=big, log=big, tiny=args.tiny))
         except Exception as exc:  # noqa: BLE001 - record and go on to the next model
             results.append({"model": name, "error": repr(exc)[:500]})
             print(json.dumps(results[-1]), flush=True)
