@@ -18,6 +18,8 @@ tables (JSON), with the inversion's PSNR / SSIM by background. ``--jobs N`` runs
     python benchmarks/bench_edit.py --study --out study.json --csv rows.csv --pairs 20 --jobs 6 --device cuda
     python benchmarks/bench_edit.py --bench --out bench.json --cases toy animatediff cogvideox --device cuda
     python benchmarks/bench_edit.py --bench --cases animatediff --steps 4 25 --phases --out bench.json  # + parts
+    python benchmarks/bench_edit.py --bench --cases animatediff --steps 4 25 --reps 5 3 \
+        --which edit edit_with_source --out bench.json        # medians of interleaved runs, one process
     python benchmarks/bench_edit.py --study --kinds rendered --pair-ids 18 19 --jobs 2 --shard-dir shards \
         --csv topup.csv                                                   # top up a study with given pairs
     python benchmarks/bench_edit.py --summarise stored.csv topup.csv --csv merged.csv --out merged.json
@@ -340,9 +342,10 @@ def cost_case(case: str, device: str):
 
 def cost_functions(pipe, kw: dict, source_prompt: str, target_prompt: str, video, steps: int) -> dict:
     """The timed functions: ``plain`` (``ia.generate`` of the target), ``edit`` (the user's path: ``edit_many`` of
-    the video inverts it itself — entropy-only capture, no reconstruction — then the 3-row batch and both
-    decodes) and ``edit_full_capture`` (the same with an inversion that records every StatsRecorder variable, as
-    before the entropy-only capture)."""
+    the video inverts it itself — entropy-only capture, no reconstruction — then the 3-row batch and the edited
+    video's decode; the source video, decoded on first read, is not read), ``edit_with_source`` (the same, then
+    ``.source_video`` read: its decode included, what every edit paid before the source was decoded on first
+    read) and ``edit_full_capture`` (``edit`` with an inversion that records every StatsRecorder variable)."""
     size = {k: kw[k] for k in ("num_frames", "height", "width")}
 
     def plain():
@@ -351,12 +354,17 @@ def cost_functions(pipe, kw: dict, source_prompt: str, target_prompt: str, video
     def edit():
         return edit_many(pipe, video, source_prompt, [Edit(target_prompt)], num_inference_steps=steps, **kw)[0].video
 
+    def edit_with_source():
+        result = edit_many(pipe, video, source_prompt, [Edit(target_prompt)], num_inference_steps=steps, **kw)[0]
+        return result.video, result.source_video
+
     def edit_full_capture():
         inv = invert(pipe, video, source_prompt, num_inference_steps=steps, capture=True, reconstruct=False, **size)
         return edit_many(pipe, video, source_prompt, [Edit(target_prompt)], inversion=inv,
                          num_inference_steps=steps, **kw)[0].video
 
-    return {"plain": plain, "edit": edit, "edit_full_capture": edit_full_capture}
+    return {"plain": plain, "edit": edit, "edit_with_source": edit_with_source,
+            "edit_full_capture": edit_full_capture}
 
 
 def _sync(device: str) -> None:
@@ -377,10 +385,30 @@ def timed(fn, reps: int, device: str) -> dict:
     return {"seconds": statistics.median(times), "runs": times, "peak_gib": _peak(device)}
 
 
+def timed_interleaved(fns: dict, reps: int, device: str) -> dict:
+    """``{name: {seconds (median), runs, min, max, peak_gib}}`` of ``reps`` rounds, each round running every function
+    once in turn (a slow drift of the machine then hits all of them alike); peak memory per function, the maximum
+    over its runs (``max_memory_allocated`` reset before each run)."""
+    runs = {name: [] for name in fns}
+    peaks = dict.fromkeys(fns, 0.0)
+    for _ in range(reps):
+        for name, fn in fns.items():
+            _peak_reset(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            runs[name].append(time.perf_counter() - t0)
+            peaks[name] = max(peaks[name], _peak(device))
+    return {name: {"seconds": statistics.median(t), "runs": t, "min": min(t), "max": max(t), "peak_gib": peaks[name]}
+            for name, t in runs.items()}
+
+
 def phases(pipe, kw: dict, source_prompt: str, target_prompt: str, video, steps: int, device: str) -> dict:
     """Seconds of the edit's parts, one warm run each: the VAE encode, the inversion (encode included) without
     capture / with the entropy only / with every statistic, the edit run given the inversion (text encode, the
-    3-row batch, both decodes) and one video's decode."""
+    3-row batch, the edited video's decode; before the source video was decoded on first read, both decodes) and
+    one video's decode."""
     from ieadapt_interp.methods.inversion import decode
     from ieadapt_interp.methods.sources import encode_video
 
@@ -411,21 +439,29 @@ def measure(case: str, device: str, steps: int, reps: int, which: str) -> dict:
 
 
 def bench_gpu_case(case: str, args, save) -> dict:
-    """Every step count of ``args.steps`` on one pipeline: plain, edit, edit with the full capture (each warmed up
-    once at the first step count; ``args.reps`` timed runs) and, with ``--phases``, the edit's parts."""
+    """Every step count of ``args.steps`` on one pipeline: the functions ``args.which`` of :func:`cost_functions`
+    (each warmed up once at the first step count, then ``args.reps`` interleaved rounds — one count per step count,
+    or one for all) and, with ``--phases``, the edit's parts. Ratios of medians to ``plain``; ``*_range`` the
+    ratio's spread (slowest edit / fastest plain … fastest edit / slowest plain)."""
     pipe, kw, source_prompt, target_prompt, video = cost_case(case, args.device)
     out = {}
     for n, steps in enumerate(args.steps):
-        fns = cost_functions(pipe, kw, source_prompt, target_prompt, video, steps)
-        row = {}
-        for which, fn in fns.items():
-            if n == 0:
+        every = cost_functions(pipe, kw, source_prompt, target_prompt, video, steps)
+        fns = {which: every[which] for which in dict.fromkeys(["plain", *args.which])}
+        if n == 0:
+            for fn in fns.values():
                 fn()  # warm-up (kernels, autotuning, allocator)
-            row[which] = {**timed(fn, args.reps, args.device), "steps": steps}
-            torch.cuda.empty_cache()
-        row["time_ratio"] = row["edit"]["seconds"] / row["plain"]["seconds"]
-        row["memory_ratio"] = row["edit"]["peak_gib"] / row["plain"]["peak_gib"]
-        row["time_ratio_full_capture"] = row["edit_full_capture"]["seconds"] / row["plain"]["seconds"]
+        reps = args.reps[min(n, len(args.reps) - 1)]
+        row = {which: {**res, "steps": steps} for which, res in timed_interleaved(fns, reps, args.device).items()}
+        plain = row["plain"]
+        for which in fns:
+            if which == "plain":
+                continue
+            row[f"time_ratio_{which}"] = row[which]["seconds"] / plain["seconds"]
+            row[f"time_ratio_{which}_range"] = [row[which]["min"] / plain["max"], row[which]["max"] / plain["min"]]
+            row[f"memory_ratio_{which}"] = row[which]["peak_gib"] / plain["peak_gib"]
+        if "edit" in fns:
+            row["time_ratio"], row["memory_ratio"] = row["time_ratio_edit"], row["memory_ratio_edit"]
         if args.phases:
             row["phases"] = phases(pipe, kw, source_prompt, target_prompt, video, steps, args.device)
         print(case, steps, json.dumps(row), flush=True)
@@ -444,12 +480,12 @@ def bench(args) -> dict:
             Path(args.out).with_suffix(".partial.json").write_text(json.dumps({**out, case: partial}, indent=1))
 
     for case in args.cases:
-        if args.device != "cpu":
+        if args.device != "cpu" or case == "tiny":  # tiny: the GPU driver's smoke test, on the CPU
             out[case] = bench_gpu_case(case, args, save)
             continue
         row = {}
         for which in ("plain", "edit"):  # a fresh process each: peak RSS is per process
-            cmd = [sys.executable, __file__, "--child", case, which, "--device", "cpu", "--reps", str(args.reps),
+            cmd = [sys.executable, __file__, "--child", case, which, "--device", "cpu", "--reps", str(args.reps[0]),
                    "--steps", str(args.steps[0])]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row[which] = json.loads(res.stdout.strip().splitlines()[-1])
@@ -469,7 +505,11 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, nargs="+", default=[4], help="denoising steps of the real-scale cases")
     p.add_argument("--phases", action="store_true", help="bench: also time the edit's parts (one run each)")
-    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--reps", type=int, nargs="+", default=[1],
+                   help="timed runs: one count, or one per --steps entry (GPU cases)")
+    p.add_argument("--which", nargs="+", default=["edit", "edit_with_source", "edit_full_capture"],
+                   choices=["edit", "edit_with_source", "edit_full_capture"],
+                   help="GPU cases: the edit variants timed next to plain (see cost_functions)")
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--budget", type=float, default=1e9, help="study: stop starting new pairs after this many s")
     p.add_argument("--shard", type=int, default=0)
@@ -485,7 +525,7 @@ def main() -> None:
     p.add_argument("--csv")
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], args.device, args.steps[0], args.reps, args.child[1])))
+        print(json.dumps(measure(args.child[0], args.device, args.steps[0], args.reps[0], args.child[1])))
         return
     result = {}
     if args.study:
