@@ -36,8 +36,10 @@ def animatediff_case(device: str):
     frames = 16
     sample = torch.randn(2, 4, frames, 64, 64, device=device, dtype=torch.float16)
     text = torch.randn(2, 77, 768, device=device, dtype=torch.float16).repeat_interleave(frames, 0)
-    t = torch.tensor(500, device=device)
-    return SimpleNamespace(unet=model), lambda: model(sample, t, encoder_hidden_states=text).sample
+    # a new timestep each call, as in a run: the interception counts a new step, so the recorder bins the previous
+    # step's per-map histograms (with one fixed timestep every call was "step 0" and binning never ran)
+    timesteps = itertools.cycle([torch.tensor(981 - 20 * i, device=device) for i in range(50)])
+    return SimpleNamespace(unet=model), lambda: model(sample, next(timesteps), encoder_hidden_states=text).sample
 
 
 def cogvideox_case(device: str):

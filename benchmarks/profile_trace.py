@@ -123,6 +123,147 @@ def attribution(pipe_like, step, reps: int, warmup: int = 6, baseline=None) -> d
     return out
 
 
+class _Clock:
+    """Host (CPU) time spent inside wrapped callables: ``{label: [calls, seconds]}`` (inclusive; nesting counts twice)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list] = {}
+        self.undo: list = []
+
+    def wrap(self, owner, attr: str, label: str) -> None:
+        original = getattr(owner, attr)
+        entry = self.totals.setdefault(label, [0, 0.0])
+        clock = time.perf_counter
+
+        def timed(*args, **kwargs):
+            start = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                entry[0] += 1
+                entry[1] += clock() - start
+
+        own = vars(owner) if isinstance(owner, type) else getattr(owner, "__dict__", {})
+        raw = own.get(attr)
+        setattr(owner, attr, staticmethod(timed) if isinstance(raw, staticmethod) else timed)
+        self.undo.append((owner, attr, raw))
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self.undo):
+            if original is None:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
+        self.undo.clear()
+
+    def reset(self) -> None:
+        for entry in self.totals.values():
+            entry[0], entry[1] = 0, 0.0
+
+
+def host_breakdown(pipe_like, step, reps: int = 5, warmup: int = 6) -> dict:
+    """Host (CPU) µs per traced step and per attention call in each part of the per-call path, and the host time to
+    enqueue a plain / traced step (``step()`` returns before the GPU finishes) against its wall time.
+
+    Parts are timed by wrapping functions with ``time.perf_counter`` (inclusive: ``sdpa_hook`` contains the kernel
+    wrapper and the recorder). Medians over ``reps`` steps after ``warmup``.
+    """
+    import statistics
+
+    from ieadapt_interp import attention_layers
+    from ieadapt_interp.core import handlers, interception, layouts
+    from ieadapt_interp.core import kernels as kernels_pkg
+    from ieadapt_interp.core.kernels import flash_entropy as fe
+    from ieadapt_interp.core.kernels import row_energy as re_mod
+
+    names = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
+
+    def enqueue_and_wall() -> tuple[float, float]:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        return (t1 - t0) * 1e3, (time.perf_counter() - t0) * 1e3
+
+    out: dict = {}
+    with torch.no_grad():
+        for _ in range(warmup):
+            step()
+        plain = [enqueue_and_wall() for _ in range(reps)]
+        out["plain_enqueue_ms"] = statistics.median(p[0] for p in plain)
+        out["plain_wall_ms"] = statistics.median(p[1] for p in plain)
+        ic = Interception_(pipe_like, names)
+        with ic:
+            for _ in range(warmup):
+                step()
+            traced = [enqueue_and_wall() for _ in range(reps)]
+            out["traced_enqueue_ms"] = statistics.median(p[0] for p in traced)
+            out["traced_wall_ms"] = statistics.median(p[1] for p in traced)
+        ic.stats_calls.clear()
+        clock = _Clock()
+        ic = Interception_(pipe_like, names)
+        for attr in ("_on_enter", "_on_exit", "_on_sdpa", "_on_denoiser"):
+            clock.wrap(ic, attr, attr.strip("_"))
+        clock.wrap(interception, "_bind", "bind")
+        clock.wrap(interception, "CallContext", "CallContext()")
+        clock.wrap(interception._SDPASwap, "__enter__", "swap_enter")
+        clock.wrap(interception._SDPASwap, "__exit__", "swap_exit")
+        clock.wrap(interception, "sdpa_with_entropy", "sdpa_with_entropy")
+        clock.wrap(kernels_pkg, "flash_attention_with_entropy", "flash_attention_with_entropy")
+        clock.wrap(kernels_pkg, "fused_available", "fused_available")
+        clock.wrap(fe, "_tma_ok", "tma_ok")
+        clock.wrap(fe, "_launch_tma", "launch_tma")
+        clock.wrap(fe, "_key_bias", "key_bias")
+        if fe._TensorDescriptor is not None:
+            clock.wrap(fe, "_TensorDescriptor", "TensorDescriptor()")
+        for label, jit in (("tma_autotuner.run", getattr(fe, "_fwd_tuned_tma", None)),
+                           ("tma_jit.run", getattr(fe, "_fwd_kernel_tma", None)),
+                           ("pointer_jit.run", getattr(fe, "_fwd_kernel", None)),
+                           ("row_kernel_jit.run", getattr(re_mod, "_row_sumsq_kernel", None))):
+            if jit is not None:
+                clock.wrap(jit, "run", label)
+        clock.wrap(handlers.StatsRecorder, "after", "recorder.after")
+        clock.wrap(handlers.StatsRecorder, "_per_map", "recorder._per_map")
+        clock.wrap(handlers.StatsRecorder, "_bin_pending", "recorder._bin_pending")
+        clock.wrap(handlers, "row_energies", "row_energies")
+        clock.wrap(handlers, "value_mean", "value_mean")
+        clock.wrap(handlers, "row_squared_norms", "row_squared_norms")
+        for cls in {type(layout) for layout in layouts.LAYOUTS.values()}:
+            if "to_frames" in vars(cls):
+                clock.wrap(cls, "to_frames", "layout.to_frames")
+        clock.wrap(layouts.Layout, "per_map", "layout.per_map")
+        try:
+            with ic:
+                for _ in range(2):
+                    step()
+                torch.cuda.synchronize()
+                clock.reset()
+                n_steps = reps
+                t0 = time.perf_counter()
+                for _ in range(n_steps):
+                    step()
+                host = (time.perf_counter() - t0) * 1e3 / n_steps
+                torch.cuda.synchronize()
+        finally:
+            clock.restore()
+        sdpa_calls = max(1, clock.totals["on_sdpa"][0] // n_steps)
+        out["instrumented_enqueue_ms_per_step"] = host
+        out["attention_calls_per_step"] = sdpa_calls
+        out["parts"] = {label: {"calls_per_step": calls / n_steps, "us_per_step": sec * 1e6 / n_steps,
+                                "us_per_attention_call": sec * 1e6 / n_steps / sdpa_calls}
+                        for label, (calls, sec) in clock.totals.items()}
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
+def Interception_(pipe_like, names):
+    """The traced configuration of ``bench_trace.py``: stats on ``names``, every row recorded."""
+    from ieadapt_interp.core.interception import Interception
+
+    return Interception(pipe_like, capture=names, record_branches=("all",))
+
+
 def _device_us(event) -> float:
     return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
@@ -175,7 +316,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--warmup", type=int, default=6)
     parser.add_argument("--baseline-handlers", default=None, help="an earlier core/handlers.py to time alongside")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["kernels", "profile"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["attribution", "host", "kernels", "profile"])
     args = parser.parse_args()
     with torch.device("cuda"):
         pipe_like, step = animatediff_case("cuda")
@@ -187,8 +328,12 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(result, indent=1))
 
     baseline = load_recorder(args.baseline_handlers) if args.baseline_handlers else None
-    result["attribution"] = attribution(pipe_like, step, args.reps, args.warmup, baseline)
-    save()
+    if "attribution" not in args.skip:
+        result["attribution"] = attribution(pipe_like, step, args.reps, args.warmup, baseline)
+        save()
+    if "host" not in args.skip:
+        result["host"] = host_breakdown(pipe_like, step, min(args.reps, 5), args.warmup)
+        save()
     if "profile" not in args.skip:
         result["profile"] = profile(pipe_like, step)
         print(json.dumps({k: v for k, v in result["profile"].items() if k != "table"}, indent=1))
