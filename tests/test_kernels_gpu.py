@@ -288,6 +288,38 @@ def test_long_sequence(B, H, N, D, dtype):
     assert ((ent[:, :, rows] - ref_ent).abs() / ref_ent).max().item() <= 1e-4
 
 
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("shape", "dtype", "path"),
+    [((64, 8, 16, 16, 40), F16, "default"), ((2, 3, 300, 333, 40), F16, "default"),
+     ((2, 4, 2048, 2048, 64), BF16, "default"), ((2, 4, 2048, 2048, 64), BF16, "pointer"),
+     ((2, 3, 300, 333, 96), F16, "pointer")],
+    ids=["temporal-pointer-fixed", "tma-fixed", "tma-tuned", "pointer-tuned", "pointer-two-slab"],
+)
+def test_repeated_calls_launch_the_kept_plan(shape, dtype, path, monkeypatch):
+    """A call shape's checks, config and compiled kernel are kept after its first call (a plan) and launched
+    directly from its third: each of three calls with new data matches the fp64 reference."""
+    from ieadapt_interp.core.kernels import flash_entropy
+
+    if path == "pointer":
+        monkeypatch.setenv("IEADAPT_KERNEL", "pointer")
+    flash_entropy._PLANS.clear()
+    B, H, Nq, Nk, D = shape
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        # diffusers' views: [B, N, H, D] memory seen as [B, H, N, D], head dim innermost
+        q, k, v = (torch.randn(B, n, H, D, generator=g).to("cuda", dtype).transpose(1, 2) for n in (Nq, Nk, Nk))
+        with torch.no_grad():
+            out, ent = flash_attention_with_entropy(q, k, v)
+        check(out, ent, q, k, v)
+        assert len(flash_entropy._PLANS) == 1
+    plan = flash_entropy._PLANS[flash_entropy._plan_key(q, k, v, None)]
+    assert plan.launch.kernel is not None
+    assert isinstance(plan, flash_entropy._TMAPlan) == (path == "default" and Nq > 64
+                                                        and torch.cuda.get_device_capability()[0] >= 9)
+
+
 def key_masks(B, H, N, device, seed=0):
     """HunyuanVideo's boolean padding mask ``[B, 1, 1, N]`` (a different number of padded keys per batch row) and an
     additive per-head mask ``[B, H, 1, N]`` with ``-inf`` entries."""

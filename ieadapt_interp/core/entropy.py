@@ -140,8 +140,14 @@ def sdpa_with_entropy(
     Returns ``(out [B, head, query, dim] in q.dtype, entropy [B, head, query] fp32)``.
     """
     from .kernels import flash_attention_with_entropy, fused_available
+    from .kernels.flash_entropy import planned
 
     use_fused = os.environ.get("IEADAPT_FUSED", "1") != "0"  # IEADAPT_FUSED=0 forces the two-pass path
+    if use_fused and attn_mask is None and not sdpa_kwargs.get("is_causal") and not sdpa_kwargs.get("dropout_p") \
+            and not (q.requires_grad or k.requires_grad or v.requires_grad):
+        result = planned(q, k, v, scale)  # a call shape that ran before: no checks again
+        if result is not None:
+            return result
     if use_fused and not sdpa_kwargs.get("is_causal") and not sdpa_kwargs.get("dropout_p") \
             and fused_available(q, k, v, attn_mask):
         return flash_attention_with_entropy(q, k, v, scale=scale, attn_mask=attn_mask)  # None or a key mask

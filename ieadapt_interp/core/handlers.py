@@ -37,7 +37,7 @@ import torch
 from .adapters import AttentionLayer
 from .entropy import squared_norm, value_mean
 from .kernels.row_energy import row_kernel_available, row_squared_norms
-from .layouts import Layout, get_layout
+from .layouts import FramesInBatch, Layout, get_layout
 from .maps import MapRequest, map_bytes
 
 RowLabel = tuple[str, int]  # (CFG branch, sample): ("cond", 0), ("uncond", 1), ("all", 2) …
@@ -179,6 +179,7 @@ ENERGY_BINS: tuple[float, ...] = (-float("inf"), -ENERGY_TOL, 0.1, 0.2, 0.3, 0.4
 _EDGES_CACHE: dict = {}
 _SEGMENTS_CACHE: dict = {}
 _ONES_CACHE: dict = {}
+_SCALES_CACHE: dict = {}
 
 
 def _bin_edges(edges: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -211,6 +212,17 @@ def _segment_offsets(shapes: tuple, bins: int, device: torch.device) -> torch.Te
     return _SEGMENTS_CACHE[key]
 
 
+def _part_scales(scales: tuple, sizes: tuple, device: torch.device) -> torch.Tensor:
+    """fp32 ``scales[i]`` repeated ``sizes[i]`` times, on ``device``, built once per structure (like the segments)."""
+    key = (scales, sizes, str(device))
+    if key not in _SCALES_CACHE:
+        if len(_SCALES_CACHE) >= 8:
+            _SCALES_CACHE.clear()
+        values = torch.tensor(scales, dtype=torch.float32).repeat_interleave(torch.tensor(sizes))
+        _SCALES_CACHE[key] = values.to(device)
+    return _SCALES_CACHE[key]
+
+
 def _ones(n: int, device: torch.device) -> torch.Tensor:
     """``n`` fp32 ones on ``device`` (a view of one cached buffer)."""
     key = str(device)
@@ -228,10 +240,14 @@ def histograms(parts: Sequence[torch.Tensor], edges: Sequence[float]) -> list[to
     """
     if not parts:
         return []
-    device, bins = parts[0].device, len(edges) - 1
     flat = torch.cat([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0].reshape(-1)
+    return _histograms_flat(flat, tuple(tuple(p.shape) for p in parts), edges)
+
+
+def _histograms_flat(flat: torch.Tensor, shapes: tuple, edges: Sequence[float]) -> list[torch.Tensor]:
+    """:func:`histograms` of parts of ``shapes`` laid end to end in ``flat``."""
+    device, bins = flat.device, len(edges) - 1
     inner = _bin_edges(tuple(edges[1:-1]), flat.dtype, device)
-    shapes = tuple(tuple(p.shape) for p in parts)
     idx = torch.bucketize(flat, inner, right=True).add_(_segment_offsets(shapes, bins, device))
     segments = sum(math.prod(shape[:-1]) for shape in shapes)
     counts = torch.zeros(segments * bins, dtype=torch.float32, device=device)
@@ -271,7 +287,8 @@ def row_energies(out: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, 
     b, h, n_q = out.shape[:3]
     e = torch.empty(3, b, h, n_q, dtype=torch.float32, device=out.device)
     mean = value_mean(v, mask)  # [B', head, 1 or query, dim] fp32
-    if square and all(map(row_kernel_available, (out, v, mean))):  # CUDA: all three in one launch
+    if square and row_kernel_available(out) and row_kernel_available(v):  # CUDA: all three in one launch
+        # (``mean`` is fp32 of v's rank, device and last dim: available when ``v`` is)
         row_squared_norms([out, v, mean.expand(b, h, n_q, -1)], e)
         return e.view(3 * b, h, n_q)
     squared_norm(out, out=e[0])
@@ -320,7 +337,7 @@ class StatsRecorder(AttentionHandler):
 
     def reset(self):
         self._calls: list[LayerStats] = []
-        self._pending: list[tuple[LayerStats, torch.Tensor | None, torch.Tensor | None]] = []
+        self._pending: list[tuple[LayerStats, torch.Tensor | None, float, torch.Tensor | None]] = []
 
     def wants_entropy(self, ctx):
         return bool(_recorded_rows(ctx, self.branches))
@@ -337,9 +354,10 @@ class StatsRecorder(AttentionHandler):
             mask = ctx.attn_mask if ctx.attn_mask is None or ctx.attn_mask.shape[0] == 1 else select(ctx.attn_mask, sel)
             energies = row_energies(select(ctx.out, sel), v, mask, ctx.square)
             groups.append((ENERGY_VARS, energies, "sum"))
-        flat = {}
+        flat, frames = {}, []
         for names, x, how in groups:
             video, text = ctx.layout.to_frames(x, len(names) * n, ctx.per, ctx.num_frames, ctx.text_len, how)
+            frames.append(video)
             flat.update(zip(names, video.view(len(names), n, *video.shape[1:]).unbind(0)))
             if text is not None:
                 flat.update(zip((name + "_text" for name in names), text.view(len(names), n, -1).unbind(0)))
@@ -348,27 +366,40 @@ class StatsRecorder(AttentionHandler):
         record = LayerStats(ctx.step, ctx.layer.name, [ctx.rows[i] for i in keep], ctx.key.shape[-2], flat)
         self._calls.append(record)
         if not self.entropy_only:
-            self._pending.append((record, *self._per_map(ctx, entropy, energies, n)))
+            self._pending.append((record, *self._per_map(ctx, entropy, energies, n, tuple(frames))))
 
     @staticmethod
-    def _per_map(ctx: CallContext, entropy: torch.Tensor, energies: torch.Tensor, n_rows: int) -> tuple:
-        """Per-map values of one call: entropy in percent of ``log N`` ``[row, head, map]`` (``None`` for one key)
-        and, for self-attention, the three energies' sums ``[3·row, head, map]`` (contiguous)."""
+    def _per_map(ctx: CallContext, entropy: torch.Tensor, energies: torch.Tensor, n_rows: int,
+                 frames: tuple) -> tuple:
+        """Per-map values of one call: the mean row entropy ``[row, head, map]`` with its factor to percent of
+        ``log N``, ``100 / log N`` (``(None, 0)`` for one key; the product is taken for a whole step at binning) and,
+        for self-attention, the three energies' sums ``[3·row, head, map]`` (contiguous). ``frames``: the
+        ``to_frames`` results of this call (entropy, energies): where one frame is one map (frames in batch), the
+        same reductions, reused."""
         n_k = ctx.key.shape[-2]
-        pct = None
+        same = isinstance(ctx.layout, FramesInBatch) and type(ctx.layout).per_map is Layout.per_map
+        mean, factor = None, 0.0
         if n_k > 1:
-            mean = ctx.layout.per_map(entropy, n_rows, ctx.per)
-            pct = torch.mul(mean, 100.0 / math.log(n_k), out=torch.empty(mean.shape, dtype=mean.dtype, device=mean.device))
-        sums = ctx.layout.per_map(energies, 3 * n_rows, ctx.per, "sum").contiguous() if ctx.square else None
-        return pct, sums
+            mean = frames[0] if same else ctx.layout.per_map(entropy, n_rows, ctx.per)
+            factor = 100.0 / math.log(n_k)
+        sums = None
+        if ctx.square:
+            sums = (frames[1] if same else ctx.layout.per_map(energies, 3 * n_rows, ctx.per, "sum")).contiguous()
+        return mean, factor, sums
 
     def _bin_pending(self) -> None:
         """Histograms ``map_entropy_hist`` / ``map_energy_hist`` of the pending calls, binned together."""
         pending, self._pending = self._pending, []
-        with_pct = [(record, pct) for record, pct, _ in pending if pct is not None]
-        for (record, _), hist in zip(with_pct, histograms([pct for _, pct in with_pct], ENTROPY_BINS)):
-            record.stats["map_entropy_hist"] = hist
-        with_sums = [(record, sums) for record, _, sums in pending if sums is not None]
+        with_mean = [(record, mean, factor) for record, mean, factor, _ in pending if mean is not None]
+        if with_mean:
+            shapes = tuple(tuple(mean.shape) for _, mean, _ in with_mean)
+            flat = torch.cat([mean.reshape(-1) for _, mean, _ in with_mean])
+            # percent of log N: the same fp32 product as ``mean * factor`` per call, one multiplication per step
+            flat.mul_(_part_scales(tuple(f for _, _, f in with_mean), tuple(math.prod(s) for s in shapes),
+                                   flat.device))
+            for (record, _, _), hist in zip(with_mean, _histograms_flat(flat, shapes, ENTROPY_BINS)):
+                record.stats["map_entropy_hist"] = hist
+        with_sums = [(record, sums) for record, _, _, sums in pending if sums is not None]
         if not with_sums:
             return
         stacked = torch.cat([sums.view(3, -1) for _, sums in with_sums], 1)  # [3, all maps]: E(AV), E(IV), E(UV)

@@ -38,6 +38,8 @@ import os
 
 import torch
 
+from .compiled import CompiledLaunch
+
 __all__ = ["flash_attention_with_entropy", "fused_available", "is_key_mask", "triton_available"]
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -554,6 +556,10 @@ def flash_attention_with_entropy(
     entropy : Tensor ``[batch, head, query]`` float32, in nats: ``H_i = -sum_j a_ij log a_ij`` (``0 <= H_i <= log
         Nk``). Divide by ``log(Nk)`` for the paper's normalised entropy.
     """
+    if attn_mask is None:
+        result = planned(q, k, v, scale)
+        if result is not None:
+            return result
     if not _HAS_TRITON:
         raise RuntimeError("flash_attention_with_entropy needs triton; check fused_available(q, k, v) first")
     interpret = _interpret_mode()
@@ -582,6 +588,7 @@ def flash_attention_with_entropy(
             f"attn_mask of shape {tuple(attn_mask.shape)} is not a key mask [B|1, H|1, 1, Nk]; per-query masks "
             "are not fused: use F.scaled_dot_product_attention and core.entropy.row_entropy"
         )
+    scale_arg = scale  # the plan's key: what the caller passes
     if scale is None:
         scale = 1.0 / math.sqrt(D)
 
@@ -632,8 +639,11 @@ def flash_attention_with_entropy(
     # autotune only where it pays (and compiles once per key); smaller problems take a fixed, sensible config
     big = B * H * Nq * Nk * (DA + DB) >= (1 << 30)
     if not small and _tma_ok(q, k, v, out, float(scale)):
-        _launch_tma(q, k, v, out, ent, float(scale) * _LOG2E, big and not interpret, kbias=kbias)
+        blocks = _launch_tma(q, k, v, out, ent, float(scale) * _LOG2E, big and not interpret, kbias=kbias)
+        if kbias is None and not interpret:
+            _remember(q, k, v, scale_arg, _TMAPlan(out, args[8], Nk, blocks))
         return out, ent
+    consts = {"HEAD_DIM": D, "DA": DA, "DB": DB, "DOT_PREC": dot_prec, "HAS_BIAS": kbias is not None}
     if interpret or small or fp32 or not big:
         cfg = _pick_config(Nq, Nk, DA + DB, two_slab=DB > 0)
         # fp32: few registers to spare with three-pass tf32, so small tiles and no autotuning (it is a fallback)
@@ -644,24 +654,103 @@ def flash_attention_with_entropy(
         grid = (triton_cdiv(Nq, cfg["BLOCK_M"]) * B * H,)
         _fwd_kernel[grid](
             *args,
-            HEAD_DIM=D,
-            DA=DA,
-            DB=DB,
+            **consts,
             BLOCK_M=cfg["BLOCK_M"],
             BLOCK_N=cfg["BLOCK_N"],
-            DOT_PREC=dot_prec,
-            HAS_BIAS=kbias is not None,
             num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )
+        block_m, options = cfg["BLOCK_M"], {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+        consts.update(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
     else:
 
         def grid(meta):
             return (triton_cdiv(Nq, meta["BLOCK_M"]) * B * H,)
 
         tuned = _fwd_tuned_two_slab if DB > 0 else _fwd_tuned
-        tuned[grid](*args, HEAD_DIM=D, DA=DA, DB=DB, DOT_PREC=dot_prec, HAS_BIAS=kbias is not None)
+        tuned[grid](*args, **consts)
+        best = tuned.best_config  # the config this key was tuned to
+        block_m = best.kwargs["BLOCK_M"]
+        options = {name: value for name, value in best.all_kwargs().items() if name not in best.kwargs}
+        consts.update(best.kwargs)
+    if kbias is None and not interpret:
+        _remember(q, k, v, scale_arg, _PointerPlan(out, args[6:], CompiledLaunch(_fwd_kernel, consts, options),
+                                               (triton_cdiv(Nq, block_m) * B * H,)))
     return out, ent
+
+
+#: Launch plans of the call shapes seen so far (no mask): see :func:`_plan_key`. Bounded: cleared when full.
+_PLANS: dict = {}
+_MAX_PLANS = 512
+
+
+def planned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None):
+    """``flash_attention_with_entropy(q, k, v, scale)`` (no mask) if this call shape ran before (its checks, config
+    and compiled kernel are kept, see :func:`_plan_key`), else ``None``.
+
+    >>> planned(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8)) is None   # CPU: never
+    True
+    """
+    if not (type(q) is torch.Tensor and q.is_cuda):  # plain CUDA tensors only (no fake / meta / subclasses)
+        return None
+    plan = _PLANS.get(_plan_key(q, k, v, scale))
+    return None if plan is None else plan(q, k, v)
+
+
+def _plan_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale) -> tuple:
+    """Everything the launch of one call depends on except the data: shapes, strides, dtypes, device, 16-byte
+    alignment of each base, the scale, autograd and the environment switches. Equal keys → equal checks, config,
+    integer arguments and kernel specialisation."""
+    return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            k.device, v.device, scale, q.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16,
+            q.requires_grad or k.requires_grad or v.requires_grad,
+            os.environ.get("IEADAPT_KERNEL", ""), os.environ.get("TRITON_INTERPRET", "0"))
+
+
+def _remember(q, k, v, scale, plan) -> None:
+    if not (type(q) is torch.Tensor and q.is_cuda):
+        return
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[_plan_key(q, k, v, scale)] = plan
+
+
+class _PointerPlan:
+    """A call shape on the pointer kernel: output shapes, grid, integer arguments and the compiled kernel, fixed."""
+
+    def __init__(self, out: torch.Tensor, ints: tuple, launch: CompiledLaunch, grid: tuple) -> None:
+        self.out_shape = (out.shape[0], out.shape[2], out.shape[1], out.shape[3])  # [B, Nq, H, D] memory
+        self.ints, self.launch, self.grid = tuple(ints), launch, grid
+
+    def __call__(self, q, k, v):
+        b, n, h, _ = self.out_shape
+        out = torch.empty(self.out_shape, dtype=q.dtype, device=q.device).transpose(1, 2)
+        ent = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
+        self.launch(self.grid, (q, k, v, out, ent, ent, *self.ints))
+        return out, ent
+
+
+class _TMAPlan:
+    """A call shape on the TMA kernel: the tuned block sizes, descriptor shapes and the compiled kernel, fixed."""
+
+    def __init__(self, out: torch.Tensor, qk_scale: float, nk: int, blocks: tuple) -> None:
+        b, h, nq, d = out.shape
+        self.out_shape = (b, nq, h, d)
+        block_m, block_n, dp, consts, options = blocks
+        self.rows = (block_m, block_n, block_n, block_m)
+        self.dp = dp
+        self.ints = (0, 0, qk_scale, h, nq, nk, min(_next_pow2(nq), 1 << 16), min(_next_pow2(nk), 1 << 16))
+        self.launch = CompiledLaunch(_fwd_kernel_tma, consts, options)
+        self.grid = (triton_cdiv(nq, block_m) * b * h,)
+
+    def __call__(self, q, k, v):
+        b, n, h, _ = self.out_shape
+        out = torch.empty(self.out_shape, dtype=q.dtype, device=q.device).transpose(1, 2)
+        ent = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
+        descs = [_TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, self.dp])
+                 for t, rows in zip((q, k, v, out), self.rows)]
+        self.launch(self.grid, (*descs, ent, ent, *self.ints))
+        return out, ent
 
 
 def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float) -> bool:
@@ -676,8 +765,9 @@ def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     return all(t.data_ptr() % 16 == 0 and all(st % 8 == 0 for st in t.stride()[:-1]) for t in (q, k, v, out))
 
 
-def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Tensor | None = None) -> None:
+def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Tensor | None = None) -> tuple:
     """Launch :func:`_fwd_kernel_tma` (autotuned when ``tune``) on ``[B, H, N, D]`` views; fills ``out``, ``ent``.
+    Returns what ran: ``(BLOCK_M, BLOCK_N, DP, constexprs, launch options)``.
 
     ``kbias`` (optional): the per-key bias from :func:`_key_bias`, ``[B, H, Nk]`` fp32, unit stride over keys.
     """
@@ -695,7 +785,9 @@ def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Ten
     if tune:
         args[:4] = [desc(q, 128), desc(k, 64), desc(v, 64), desc(out, 128)]  # block shapes set by the pre-hook
         _fwd_tuned_tma[lambda m: (triton_cdiv(Nq, m["BLOCK_M"]) * B * H,)](*args, **meta)
-        return
+        best = _fwd_tuned_tma.best_config
+        options = {name: value for name, value in best.all_kwargs().items() if name not in best.kwargs}
+        return best.kwargs["BLOCK_M"], best.kwargs["BLOCK_N"], DP, {**meta, **best.kwargs}, options
     cfg = _pick_config(Nq, Nk, DP)
     if DP > 128:
         cfg.update(BLOCK_M=64, BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4)
@@ -703,6 +795,8 @@ def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Ten
     args[:4] = [desc(q, bm), desc(k, bn), desc(v, bn), desc(out, bm)]
     _fwd_kernel_tma[(triton_cdiv(Nq, bm) * B * H,)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
                                                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return bm, bn, DP, {**meta, "BLOCK_M": bm, "BLOCK_N": bn}, {"num_warps": cfg["num_warps"],
+                                                               "num_stages": cfg["num_stages"]}
 
 
 def triton_cdiv(a: int, b: int) -> int:
