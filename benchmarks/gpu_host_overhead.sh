@@ -3,7 +3,7 @@
 # root with .whl carried. TAG names the outputs (before / after). PARTS (space-separated, default all):
 #   trace    bench_trace.py AnimateDiff, 10 reps after 6 warm-ups
 #   host     profile_trace.py: host µs per attention call in each part of the per-call path + torch.profiler step
-#   rowtests tests/test_row_energy.py      kerneltests tests/test_kernels_gpu.py
+#   rowtests tests/test_row_energy.py      kerneltests tests/test_kernels_gpu.py   (TEST_K: a -k filter)
 #   traced   bench_traced.py (ia.traced vs ia.trace on the real AnimateDiffPipeline; needs nnsight)
 set -u
 TAG=${TAG:-before}
@@ -25,13 +25,13 @@ if has trace; then
   timeout ${T_TRACE:-75} python benchmarks/bench_trace.py --models animatediff --reps 10 --warmup 6 \
     --out $OUT/trace_$TAG.json > $OUT/trace_$TAG.log 2>&1; stamp "trace rc=$?"
 fi
+if has rowtests || has kerneltests; then
+  files=""; has rowtests && files="$files tests/test_row_energy.py"; has kerneltests && files="$files tests/test_kernels_gpu.py"
+  timeout ${T_TESTS:-40} python -m pytest -v --tb=short -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} $files > $OUT/tests_$TAG.txt 2>&1; stamp "tests rc=$?"
+fi
 if has host; then
   timeout ${T_HOST:-60} python benchmarks/profile_trace.py --reps 5 --skip attribution kernels \
     --out $OUT/profile_$TAG.json > $OUT/profile_$TAG.log 2>&1; stamp "host rc=$?"
-fi
-if has rowtests || has kerneltests; then
-  files=""; has rowtests && files="$files tests/test_row_energy.py"; has kerneltests && files="$files tests/test_kernels_gpu.py"
-  timeout ${T_TESTS:-40} python -m pytest -q -p no:cacheprovider $files > $OUT/tests_$TAG.txt 2>&1; stamp "tests rc=$?"
 fi
 if has traced; then
   timeout ${T_TRACED:-80} python benchmarks/bench_traced.py --steps 6 --reps ${TRACED_REPS:-1} \

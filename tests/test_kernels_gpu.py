@@ -293,8 +293,8 @@ def test_long_sequence(B, H, N, D, dtype):
 @pytest.mark.parametrize(
     ("shape", "dtype", "path"),
     [((64, 8, 16, 16, 40), F16, "default"), ((2, 3, 300, 333, 40), F16, "default"),
-     ((2, 4, 2048, 2048, 64), BF16, "default"), ((2, 4, 2048, 2048, 64), BF16, "pointer"),
-     ((2, 3, 300, 333, 96), F16, "pointer")],
+     ((2, 4, 2048, 2048, 40), F16, "default"), ((2, 4, 2048, 2048, 40), F16, "pointer"),
+     ((2, 3, 300, 333, 96), BF16, "pointer")],
     ids=["temporal-pointer-fixed", "tma-fixed", "tma-tuned", "pointer-tuned", "pointer-two-slab"],
 )
 def test_repeated_calls_launch_the_kept_plan(shape, dtype, path, monkeypatch):
