@@ -52,7 +52,7 @@ for (b, h, n, d), dt in [((2, 3, 5, 40), torch.float16), ((1, 2, 33, 128), torch
     bd = max(16, 1 << (d - 1).bit_length()); bm = max(16, r._TILE // bd)
     strides = [s for t in (x, y, m) for s in t.stride()[:3]]
     r._row_sumsq_kernel[(3 * -(-(b * h * n) // bm),)](x, y, m, out, b * h * n, h, n, *strides, D=d, BLOCK_M=bm,
-                                                      BLOCK_D=bd)
+                                                      BLOCK_D=bd, ALIGN=8)  # every stride here is a multiple of 8
     for i, t in enumerate((x, y, m)):
         ref = (t.double() ** 2).sum(-1)
         assert float(((out[i].double() - ref).abs() / ref).max()) < 1e-6, (b, h, n, d, dt, i)

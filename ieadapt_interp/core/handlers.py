@@ -94,8 +94,11 @@ class CallContext:
 
 
 def select(x: torch.Tensor, sel: slice | torch.Tensor) -> torch.Tensor:
-    """``x`` restricted to the batch elements ``sel`` (:meth:`CallContext.elements`): a view for a slice."""
-    return x[sel] if isinstance(sel, slice) else x.index_select(0, sel)
+    """``x`` restricted to the batch elements ``sel`` (:meth:`CallContext.elements`): a view for a slice (``x``
+    itself when the slice is the whole batch)."""
+    if isinstance(sel, slice):
+        return x if sel.start == 0 and sel.stop == x.shape[0] else x[sel]
+    return x.index_select(0, sel)
 
 
 def scatter(x: torch.Tensor, sel: slice | torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -358,7 +361,8 @@ class StatsRecorder(AttentionHandler):
         for names, x, how in groups:
             video, text = ctx.layout.to_frames(x, len(names) * n, ctx.per, ctx.num_frames, ctx.text_len, how)
             frames.append(video)
-            flat.update(zip(names, video.view(len(names), n, *video.shape[1:]).unbind(0)))
+            flat.update(zip(names, video.view(len(names), n, *video.shape[1:]).unbind(0)) if len(names) > 1
+                        else ((names[0], video),))
             if text is not None:
                 flat.update(zip((name + "_text" for name in names), text.view(len(names), n, -1).unbind(0)))
         if self._pending and self._pending[-1][0].step != ctx.step:

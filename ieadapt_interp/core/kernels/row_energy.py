@@ -13,6 +13,7 @@ the kernel can run on a tensor.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -37,18 +38,21 @@ except Exception:  # noqa: BLE001 - any failure means "not usable"
 if _HAS_TRITON:
 
     @triton.jit
-    def _rows(X, rows, row_ok, H, N, stride_b, stride_h, stride_n, cols, D: tl.constexpr):
-        """Σ_d x² of the flat ``(b, h, n)`` rows ``rows`` of ``X`` (fp32)."""
+    def _rows(X, rows, row_ok, H, N, stride_b, stride_h, stride_n, cols, D: tl.constexpr, ALIGN: tl.constexpr):
+        """Σ_d x² of the flat ``(b, h, n)`` rows ``rows`` of ``X`` (fp32). ``ALIGN`` divides every row offset: Triton
+        knows a runtime stride's divisibility only when it is a multiple of 16, so diffusers' ``[B, N, H, 40]``
+        views (head stride 40) would otherwise be read element by element instead of in 16-byte vectors."""
         n = rows % N
         bh = rows // N
         base = (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h + n.to(tl.int64) * stride_n
+        base = tl.multiple_of(base, ALIGN)
         x = tl.load(X + base[:, None] + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < D), other=0.0)
         x = x.to(tl.float32)
         return tl.sum(x * x, axis=1)
 
     @triton.jit
     def _row_sumsq_kernel(X0, X1, X2, OUT, M, H, N, s0b, s0h, s0n, s1b, s1h, s1n, s2b, s2h, s2n, D: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr = 1):
         """Up to three inputs of one ``[B, H, N, D]`` shape, laid end to end: ``OUT[i]`` = row sums of ``X_i``."""
         blocks = tl.cdiv(M, BLOCK_M)
         seg = tl.program_id(0) // blocks
@@ -56,11 +60,11 @@ if _HAS_TRITON:
         row_ok = rows < M
         cols = tl.arange(0, BLOCK_D)
         if seg == 0:
-            acc = _rows(X0, rows, row_ok, H, N, s0b, s0h, s0n, cols, D)
+            acc = _rows(X0, rows, row_ok, H, N, s0b, s0h, s0n, cols, D, ALIGN)
         elif seg == 1:
-            acc = _rows(X1, rows, row_ok, H, N, s1b, s1h, s1n, cols, D)
+            acc = _rows(X1, rows, row_ok, H, N, s1b, s1h, s1n, cols, D, ALIGN)
         else:
-            acc = _rows(X2, rows, row_ok, H, N, s2b, s2h, s2n, cols, D)
+            acc = _rows(X2, rows, row_ok, H, N, s2b, s2h, s2n, cols, D, ALIGN)
         tl.store(OUT + seg * M + rows, acc, mask=row_ok)
 
 
@@ -139,5 +143,10 @@ def _plan(xs: list[torch.Tensor], out: torch.Tensor):
     padded = xs + [xs[0]] * (3 - len(xs))
     strides = [s for x in padded for s in x.stride()[:3]]
     grid = (len(xs) * -(-rows // block_m),)
-    launch = CompiledLaunch(_row_sumsq_kernel, {"D": d, "BLOCK_M": block_m, "BLOCK_D": block_d}, {"num_warps": 4})
+    align = 0
+    for stride in strides:
+        align = math.gcd(align, stride)
+    align = min(8, align & -align) if align else 8  # the largest power of two (<= 8) dividing every row offset
+    launch = CompiledLaunch(_row_sumsq_kernel, {"D": d, "BLOCK_M": block_m, "BLOCK_D": block_d, "ALIGN": align},
+                            {"num_warps": 4})
     return copy, grid, (rows, h, n, *strides), launch
