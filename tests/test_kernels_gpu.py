@@ -71,6 +71,44 @@ def test_fused_unavailable_on_cpu_tensors():
     assert fused_available(q, q, q) is False
 
 
+@pytest.mark.skipif(not triton_available(), reason="triton not importable")
+@pytest.mark.parametrize("kernel", ["_fwd_kernel", "_fwd_kernel_tma", "_row_sumsq_kernel"])
+def test_compiled_launch_binds_like_the_jit(kernel):
+    """A kept kernel gets the runtime arguments and the constexprs in its signature's order, as ``jit[grid]`` binds
+    them by name on the first call (checked on the real kernels' signatures with stand-ins for the launches)."""
+    from ieadapt_interp.core.kernels import flash_entropy, row_energy
+    from ieadapt_interp.core.kernels.compiled import CompiledLaunch
+
+    jit = getattr(flash_entropy if kernel.startswith("_fwd") else row_energy, kernel)
+    names = jit.arg_names
+    n_const = {"_fwd_kernel": 7, "_fwd_kernel_tma": 5, "_row_sumsq_kernel": 4}[kernel]
+    assert [p.name for p in jit.params if p.is_constexpr] == names[-n_const:]  # the constexprs come last
+    runtime, consts = names[:-n_const], {name: f"c:{name}" for name in names[-n_const:]}
+    calls = []
+
+    class Compiled:  # what jit[grid](...) returns: a compiled kernel, launched as kernel[grid](*values)
+        function = run = object()
+
+        def __getitem__(self, grid):
+            return lambda *values: calls.append(("kept", grid, values))
+
+    class Jit:
+        arg_names = names
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append(("jit", grid, args, kw)) or Compiled()
+
+    launch = CompiledLaunch(Jit(), consts, {"num_warps": 4})
+    args = tuple(f"a:{name}" for name in runtime)
+    launch((3,), args)
+    launch((5,), args)
+    assert calls[0] == ("jit", (3,), args, {**consts, "num_warps": 4})
+    assert calls[1][:2] == ("kept", (5,)) and dict(zip(names, calls[1][2], strict=True)) == {
+        **dict(zip(runtime, args)), **consts}
+    with pytest.raises(ValueError, match="not the last parameters"):
+        CompiledLaunch(Jit(), {names[0]: 1}, {})
+
+
 @needs_cuda
 @pytest.mark.gpu
 def test_fused_available_rules():
