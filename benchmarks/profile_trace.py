@@ -201,6 +201,21 @@ def host_breakdown(pipe_like, step, reps: int = 5, warmup: int = 6) -> dict:
             out["traced_enqueue_ms"] = statistics.median(p[0] for p in traced)
             out["traced_wall_ms"] = statistics.median(p[1] for p in traced)
         ic.stats_calls.clear()
+        # interleaved rounds (one plain step, one traced step with its histograms binned) against drift of the
+        # machine; the interception's entry and exit are outside the timed steps
+        rounds = {"plain": [], "traced": []}
+        for _ in range(2 * reps):
+            rounds["plain"].append(enqueue_and_wall()[1])
+            with ic:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                step()
+                ic.stats_calls  # noqa: B018 - bins the step's per-map histograms, as the next step would
+                torch.cuda.synchronize()
+                rounds["traced"].append((time.perf_counter() - t0) * 1e3)
+        out["interleaved_ms"] = {k: statistics.median(v) for k, v in rounds.items()}
+        out["interleaved_ratio"] = out["interleaved_ms"]["traced"] / out["interleaved_ms"]["plain"]
+        out["interleaved_steps"] = rounds
         clock = _Clock()
         ic = Interception_(pipe_like, names)
         for attr in ("_on_enter", "_on_exit", "_on_sdpa", "_on_denoiser"):
@@ -214,6 +229,10 @@ def host_breakdown(pipe_like, step, reps: int = 5, warmup: int = 6) -> dict:
         clock.wrap(kernels_pkg, "fused_available", "fused_available")
         clock.wrap(fe, "_tma_ok", "tma_ok")
         clock.wrap(fe, "_launch_tma", "launch_tma")
+        if hasattr(fe, "planned"):
+            clock.wrap(fe, "planned", "kept_plan (flash)")
+        if hasattr(fe, "CompiledLaunch"):
+            clock.wrap(fe.CompiledLaunch, "__call__", "CompiledLaunch (flash + row)")
         clock.wrap(fe, "_key_bias", "key_bias")
         if fe._TensorDescriptor is not None:
             clock.wrap(fe, "_TensorDescriptor", "TensorDescriptor()")
