@@ -202,16 +202,27 @@ def histogram(values: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
     return histograms([values], edges)[0]
 
 
-def _segment_offsets(shapes: tuple, bins: int, device: torch.device) -> torch.Tensor:
+def _segment_offsets(shapes: tuple, bins: int, device: torch.device, swapped: tuple = ()) -> torch.Tensor:
     """``bins ×`` the segment of every value of ``shapes`` laid end to end (one segment = one ``[..., n]`` row),
-    built once per structure and device (a host→GPU copy per step would stall the stream)."""
-    key = (shapes, bins, str(device))
+    built once per structure and device (a host→GPU copy per step would stall the stream). A part flagged in
+    ``swapped`` is stored with its last two dims swapped (``[..., n, heads]`` memory for ``[..., heads, n]``: a per-map
+    reduction's natural layout, binned without a transposing copy)."""
+    key = (shapes, swapped, bins, str(device))
     if key not in _SEGMENTS_CACHE:
         if len(_SEGMENTS_CACHE) >= 8:  # another resolution or layer selection: start over (bounded memory)
             _SEGMENTS_CACHE.clear()
-        lengths = torch.tensor([shape[-1] for shape in shapes for _ in range(math.prod(shape[:-1]))])
-        offsets = torch.arange(len(lengths)) * bins
-        _SEGMENTS_CACHE[key] = offsets.repeat_interleave(lengths).to(device)
+        pieces, base = [], 0
+        for i, shape in enumerate(shapes):
+            lead, last = math.prod(shape[:-1]), shape[-1]
+            if i < len(swapped) and swapped[i]:
+                rows, heads = math.prod(shape[:-2]), shape[-2]
+                seg = (torch.arange(rows).view(rows, 1, 1) * heads + torch.arange(heads).view(1, 1, heads))
+                seg = seg.expand(rows, last, heads).reshape(-1)
+            else:
+                seg = torch.arange(lead).repeat_interleave(last)
+            pieces.append(seg + base)
+            base += lead
+        _SEGMENTS_CACHE[key] = (torch.cat(pieces) * bins).to(device)
     return _SEGMENTS_CACHE[key]
 
 
@@ -247,11 +258,13 @@ def histograms(parts: Sequence[torch.Tensor], edges: Sequence[float]) -> list[to
     return _histograms_flat(flat, tuple(tuple(p.shape) for p in parts), edges)
 
 
-def _histograms_flat(flat: torch.Tensor, shapes: tuple, edges: Sequence[float]) -> list[torch.Tensor]:
-    """:func:`histograms` of parts of ``shapes`` laid end to end in ``flat``."""
+def _histograms_flat(flat: torch.Tensor, shapes: tuple, edges: Sequence[float],
+                     swapped: tuple = ()) -> list[torch.Tensor]:
+    """:func:`histograms` of parts of ``shapes`` laid end to end in ``flat`` (``swapped``: see
+    :func:`_segment_offsets`)."""
     device, bins = flat.device, len(edges) - 1
     inner = _bin_edges(tuple(edges[1:-1]), flat.dtype, device)
-    idx = torch.bucketize(flat, inner, right=True).add_(_segment_offsets(shapes, bins, device))
+    idx = torch.bucketize(flat, inner, right=True).add_(_segment_offsets(shapes, bins, device, swapped))
     segments = sum(math.prod(shape[:-1]) for shape in shapes)
     counts = torch.zeros(segments * bins, dtype=torch.float32, device=device)
     counts.scatter_add_(0, idx, _ones(idx.numel(), device))
@@ -340,7 +353,7 @@ class StatsRecorder(AttentionHandler):
 
     def reset(self):
         self._calls: list[LayerStats] = []
-        self._pending: list[tuple[LayerStats, torch.Tensor | None, float, torch.Tensor | None]] = []
+        self._pending: list[tuple[LayerStats, tuple | None, float, tuple | None]] = []
 
     def wants_entropy(self, ctx):
         return bool(_recorded_rows(ctx, self.branches))
@@ -375,20 +388,20 @@ class StatsRecorder(AttentionHandler):
     @staticmethod
     def _per_map(ctx: CallContext, entropy: torch.Tensor, energies: torch.Tensor, n_rows: int,
                  frames: tuple) -> tuple:
-        """Per-map values of one call: the mean row entropy ``[row, head, map]`` with its factor to percent of
-        ``log N``, ``100 / log N`` (``(None, 0)`` for one key; the product is taken for a whole step at binning) and,
-        for self-attention, the three energies' sums ``[3·row, head, map]`` (contiguous). ``frames``: the
-        ``to_frames`` results of this call (entropy, energies): where one frame is one map (frames in batch), the
-        same reductions, reused."""
+        """Per-map values of one call, each as ``(stored tensor, [row, head, map] shape, swapped)`` (see
+        :func:`_stored`): the mean row entropy with its factor to percent of ``log N``, ``100 / log N`` (``None, 0``
+        for one key; the product is taken for a whole step at binning) and, for self-attention, the three energies'
+        sums ``[3·row, head, map]``. ``frames``: the ``to_frames`` results of this call (entropy, energies): where
+        one frame is one map (frames in batch), the same reductions, reused."""
         n_k = ctx.key.shape[-2]
         same = isinstance(ctx.layout, FramesInBatch) and type(ctx.layout).per_map is Layout.per_map
         mean, factor = None, 0.0
         if n_k > 1:
-            mean = frames[0] if same else ctx.layout.per_map(entropy, n_rows, ctx.per)
+            mean = _stored(frames[0] if same else ctx.layout.per_map(entropy, n_rows, ctx.per))
             factor = 100.0 / math.log(n_k)
         sums = None
         if ctx.square:
-            sums = (frames[1] if same else ctx.layout.per_map(energies, 3 * n_rows, ctx.per, "sum")).contiguous()
+            sums = _stored(frames[1] if same else ctx.layout.per_map(energies, 3 * n_rows, ctx.per, "sum"))
         return mean, factor, sums
 
     def _bin_pending(self) -> None:
@@ -396,23 +409,34 @@ class StatsRecorder(AttentionHandler):
         pending, self._pending = self._pending, []
         with_mean = [(record, mean, factor) for record, mean, factor, _ in pending if mean is not None]
         if with_mean:
-            shapes = tuple(tuple(mean.shape) for _, mean, _ in with_mean)
-            flat = torch.cat([mean.reshape(-1) for _, mean, _ in with_mean])
+            shapes = tuple(shape for _, (_, shape, _), _ in with_mean)
+            flat = torch.cat([x.reshape(-1) for _, (x, _, _), _ in with_mean])
             # percent of log N: the same fp32 product as ``mean * factor`` per call, one multiplication per step
             flat.mul_(_part_scales(tuple(f for _, _, f in with_mean), tuple(math.prod(s) for s in shapes),
                                    flat.device))
-            for (record, _, _), hist in zip(with_mean, _histograms_flat(flat, shapes, ENTROPY_BINS)):
+            swapped = tuple(sw for _, (_, _, sw), _ in with_mean)
+            for (record, _, _), hist in zip(with_mean, _histograms_flat(flat, shapes, ENTROPY_BINS, swapped)):
                 record.stats["map_entropy_hist"] = hist
         with_sums = [(record, sums) for record, _, _, sums in pending if sums is not None]
         if not with_sums:
             return
-        stacked = torch.cat([sums.view(3, -1) for _, sums in with_sums], 1)  # [3, all maps]: E(AV), E(IV), E(UV)
+        # [3, all maps]: E(AV), E(IV), E(UV) (each stored tensor holds the three energies as leading row blocks)
+        stacked = torch.cat([x.view(3, -1) for _, (x, _, _) in with_sums], 1)
         positions = energy_position(stacked[0], stacked[1], stacked[2])
-        shapes = [(sums.shape[0] // 3, *sums.shape[1:]) for _, sums in with_sums]
-        parts = positions.split([math.prod(shape) for shape in shapes])
-        hists = histograms([part.view(shape) for part, shape in zip(parts, shapes)], ENERGY_BINS)
-        for (record, _), hist in zip(with_sums, hists):
+        shapes = tuple((shape[0] // 3, *shape[1:]) for _, (_, shape, _) in with_sums)
+        swapped = tuple(sw for _, (_, _, sw) in with_sums)
+        for (record, _), hist in zip(with_sums, _histograms_flat(positions, shapes, ENERGY_BINS, swapped)):
             record.stats["map_energy_hist"] = hist
+
+
+def _stored(x: torch.Tensor) -> tuple[torch.Tensor, tuple, bool]:
+    """A per-map result ``x [rows, head, map]`` kept for binning without a copy where possible: ``(x.transpose(1, 2),
+    shape, True)`` when that is contiguous (the natural layout of a reduction over each map's rows, which
+    :meth:`Layout.per_map` returns transposed), else ``(x.contiguous(), shape, False)``."""
+    swapped = x.transpose(1, 2)
+    if swapped.is_contiguous():
+        return swapped, tuple(x.shape), True
+    return x.contiguous(), tuple(x.shape), False
 
 
 class MapRecorder(AttentionHandler):
