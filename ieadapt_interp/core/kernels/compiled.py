@@ -40,7 +40,7 @@ class CompiledLaunch:
         """Launch on ``args`` (the runtime arguments, in order); the constexprs are appended."""
         kernel = self.kernel
         if kernel is not None:
-            kernel[grid](*args, *self.tail)
+            kernel[(*grid, 1, 1)[:3]](*args, *self.tail)  # the compiled runner reads three grid dims
             return
         kernel = self.jit[grid](*args, **self.constexprs, **self.options)
         if os.environ.get("TRITON_INTERPRET", "0") != "1" and hasattr(kernel, "function") and hasattr(kernel, "run"):
