@@ -103,7 +103,7 @@ def test_compiled_launch_binds_like_the_jit(kernel):
     launch((3,), args)
     launch((5,), args)
     assert calls[0] == ("jit", (3,), args, {**consts, "num_warps": 4})
-    assert calls[1][:2] == ("kept", (5,)) and dict(zip(names, calls[1][2], strict=True)) == {
+    assert calls[1][:2] == ("kept", (5, 1, 1)) and dict(zip(names, calls[1][2], strict=True)) == {
         **dict(zip(runtime, args)), **consts}
     with pytest.raises(ValueError, match="not the last parameters"):
         CompiledLaunch(Jit(), {names[0]: 1}, {})
