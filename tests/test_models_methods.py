@@ -8,8 +8,9 @@ Diffusion, AnimateDiff-Lightning, AnimateDiff SDXL), each against an independent
   from separate forwards of the same inputs (``ε_I`` through the test's own ``Y = V`` at the SDPA call), with
   as many rows as the formula needs (no unconditional row without CFG: Lightning, HunyuanVideo);
 * an edit to the same prompt returns the source; in ``method="fixed"`` layers each target row's output is the
-  naive fp64 ``softmax(Q_src K_srcᵀ)·V_tgt``; models that cannot edit (SVD: no text; Mochi: one attention call
-  per row; flow-matching models: no DDIM inversion of a real video) raise one clear error before any work;
+  naive fp64 ``softmax(Q_src K_srcᵀ)·V_tgt`` (Mochi, one attention call per row: over the source's token set,
+  ``V_tgt`` from the layer's weights; its masactrl and value rows too); what cannot edit (SVD: no text; Mochi:
+  ``uncond='source'``; flow-matching models: no DDIM inversion of a real video) raises one clear error first;
 * ``ia.traced`` (nnsight) gives the statistics ``ia.trace`` gives.
 """
 
@@ -27,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 import ieadapt_interp as ia
 from ieadapt_interp.core.adapters import ADAPTERS, encode_prompt, get_adapter, layer_records
 from ieadapt_interp.core.errors import IEAdaptError
+from ieadapt_interp.methods.editing import edit_many
 from ieadapt_interp.methods.guidance import Guidance, guiding
 from ieadapt_interp.methods.tracing import _noise
 from ieadapt_interp.models.tiny import TEXT_LEN
@@ -218,7 +220,7 @@ def test_traced_stats_equal_trace(arch):
     assert np.isfinite(got.entropy_pct.values).any()
 
 
-@pytest.mark.parametrize("arch", [a for a in TEXT if a != "mochi"])
+@pytest.mark.parametrize("arch", TEXT)
 def test_edit_to_the_same_prompt_returns_the_source(arch):
     """IE-Adapt from a generated source to the same prompt: the target row denoises exactly as the source did
     (the source is decoded by the pipeline itself, the target by the library's decode)."""
@@ -231,13 +233,14 @@ def test_edit_to_the_same_prompt_returns_the_source(arch):
     assert out.layers.chosen.any()
 
 
-@pytest.mark.parametrize("arch,video,match", [
-    ("svd", False, "not conditioned on a text prompt"),
-    ("mochi", False, "once per batch row"),
-    ("wan", True, "flow-matching"),  # a real video needs DDIM inversion
-    ("ltx", True, "flow-matching"),
+@pytest.mark.parametrize("arch,video,match,extra", [
+    ("svd", False, "not conditioned on a text prompt", {}),
+    ("mochi", False, "once per batch row, in row order", {"uncond": "source"}),  # uncond rows run first
+    ("mochi", False, "has none", {"method": "p2p"}),  # no cross-attention
+    ("wan", True, "flow-matching", {}),  # a real video needs DDIM inversion
+    ("ltx", True, "flow-matching", {}),
 ])
-def test_models_that_cannot_edit_say_so_before_any_work(arch, video, match):
+def test_models_that_cannot_edit_say_so_before_any_work(arch, video, match, extra):
     pipe = tiny(arch)
     size = CASES[arch][0]
     source = np.zeros((size["num_frames"], size["height"], size["width"], 3), np.uint8) if video else 0
@@ -246,7 +249,7 @@ def test_models_that_cannot_edit_say_so_before_any_work(arch, video, match):
              for m in [*get_adapter(pipe).denoisers(pipe).values(), pipe.vae]]
     try:
         with pytest.raises(IEAdaptError, match=match):
-            ia.edit(pipe, source, PROMPT, "a blue circle moving left", **_kw(arch))
+            ia.edit(pipe, source, PROMPT, "a blue circle moving left", **extra, **_kw(arch))
     finally:
         for h in hooks:
             h.remove()
@@ -323,3 +326,59 @@ def test_edit_target_output_is_the_source_map_times_its_own_values(arch):
                 assert not torch.equal(v[t], v[s])  # the target's own values (its conditional row)
             checked += 1
     assert checked >= len(layers)
+
+
+def test_mochi_target_rows_attend_over_the_source_tokens():
+    """Mochi calls the attention once per row over ``[video, the row's valid text]``. One batch with a ``fixed``,
+    a ``masactrl`` and a ``value`` target (last layer, CFG, ``uncond='own'``), the target prompt shorter than the
+    source's: each target's conditional call runs over the source's token set (every video token, the source's
+    valid text positions) and equals, in fp64,
+    fixed ``softmax(Q_src K_srcᵀ)·V_tgt`` with ``V_tgt`` the target's value projections (the layer's own weights)
+    of its video and **padded** text states at those positions; masactrl ``softmax(Q_tgt K_srcᵀ)·V_src``; value
+    ``softmax(Q_tgt K_tgtᵀ)·V_src``. The unconditional rows keep their own attention."""
+    pipe = tiny("mochi")
+    adapter = get_adapter(pipe)
+    layer = ia.attention_layers(pipe).name.iloc[-1]
+    attn = {r.name: r.module for r in layer_records(pipe)}[layer]
+    target = "a blue square"
+    valid = [encode_prompt(pipe, p, "", False)["prompt_attention_mask"][0] for p in (PROMPT, target)]
+    assert valid[1].sum() < valid[0].sum()  # the target lacks some of the source's text positions
+    inputs = []
+    hook = attn.register_forward_pre_hook(lambda m, a, k: inputs.append(k), with_kwargs=True)
+    recorder = RecordSDPA(list(adapter.denoisers(pipe).values()), {layer: attn}, adapter.timestep_arg)
+    edits = [ia.Edit(target, method, layers=(layer,)) for method in ("fixed", "masactrl", "value")]
+    try:
+        with recorder:
+            edit_many(pipe, 0, PROMPT, edits, **_kw("mochi"))
+    finally:
+        recorder.close()
+        hook.remove()
+    n = 1 + len(edits)
+    steps = CASES["mochi"][2]
+    assert len(recorder.calls) == steps * 2 * n and len(inputs) == steps  # rows [uncond × n, cond × n], one call each
+    idx = torch.nonzero(valid[0]).flatten()
+
+    def proj(linear, x):
+        bias = None if linear.bias is None else linear.bias.double()
+        return F.linear(x.double(), linear.weight.double(), bias).unflatten(-1, (attn.heads, -1))
+
+    worst = 0.0
+    for step in range(steps):
+        calls, kw = recorder.calls[step * 2 * n:(step + 1) * 2 * n], inputs[step]
+        src = calls[n]  # the source's conditional row
+        for k, call in enumerate(calls[n + 1:], start=n + 1):
+            assert call["k"].shape == src["k"].shape  # the source's token set
+            if k == n + 1:
+                v_tgt = torch.cat([proj(attn.to_v, kw["hidden_states"][k]),
+                                   proj(attn.add_v_proj, kw["encoder_hidden_states"][k])[idx]]).transpose(0, 1)
+                expected = softmax_map(src["q"], src["k"]) @ v_tgt
+            elif k == n + 2:
+                expected = softmax_map(call["q"], src["k"]) @ src["v"].double()
+            else:
+                expected = softmax_map(call["q"], call["k"]) @ src["v"].double()
+            worst = max(worst, float((call["out"].double() - expected).abs().max()))
+            torch.testing.assert_close(call["out"].double(), expected, rtol=1e-4, atol=1e-5)
+        for call in calls[1:n]:  # the targets' unconditional rows: their own attention
+            torch.testing.assert_close(call["out"].double(), softmax_map(call["q"], call["k"]) @ call["v"].double(),
+                                       rtol=1e-4, atol=1e-5)
+    assert worst < 1e-5

@@ -110,8 +110,10 @@ class Adapter:
         ``fn(pipe) -> int``: the pixel multiple height and width must be (VAE factor × patch size);
         ``None``: the UNet rule (VAE factor × its downsampling).
     attention_per_row
-        The processor calls the attention once per batch row (Mochi: each row with its own unpadded text),
-        so one row cannot attend with another row's tensors (editing).
+        The processor calls the attention once per batch row, in row order (Mochi: each row over its video
+        tokens and its own valid text tokens, chosen by the layer's ``attention_mask`` ``[row, text]``). Editing
+        then runs a target row over its source row's text mask and hands it the source call's tensors
+        (:class:`~ieadapt_interp.methods.attend_from.PerRowSource`).
     condition_embeddings
         ``fn(pipe, call_kwargs, cfg) -> {"cond": …, "uncond": …}``: the embeddings that label the CFG rows
         of a pipeline not conditioned on text (SVD: the image embeddings; zeros for the unconditional row).

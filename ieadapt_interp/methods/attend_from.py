@@ -15,6 +15,16 @@ No map is stored: the source's tensors are copied into the target's rows before 
 so the fused kernel computes the result. ``branches`` limits the copy to some CFG branches
 (Prompt-to-Prompt replaces only the conditional maps).
 
+Per-row attention (an adapter with ``attention_per_row``: Mochi calls the attention once per batch row, each
+row over ``[video tokens, its own valid text tokens]``): :class:`PerRowSource` rewrites, before the layer runs,
+each target row's text mask to its source row's, so the target row's call holds **the source's token set** —
+every video token (aligned by position) and the text positions valid in the source's prompt, with the target's
+own tensors there (computed from its padded text states, as HunyuanVideo's padded layout has them). The source
+row's call (earlier in the layer: rows run in order) keeps its ``Q, K, V``; the target row's call takes the
+copied ones. So ``"qk"`` gives ``softmax(Q_src K_srcᵀ/√d) · V_tgt`` over exactly the source's keys, ``V_tgt`` at
+the same positions; where the target's prompt is longer, its text tokens past the source's length are outside
+that set and get a zero attention output, as the processor gives padded tokens.
+
 >>> a = AttendFrom(frozenset({"up_blocks.0.attentions.0.transformer_blocks.0.attn1"}), source=0, target=1)
 >>> a.what, a.tensors
 ('qk', ('query', 'key'))
@@ -24,8 +34,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..core.errors import IEAdaptValueError
 from ..core.handlers import AttentionHandler, CallContext
+from ..core.interception import get_arg, parameter_positions, set_arg
 
 #: which of the call's tensors each ``what`` copies from the source row into the target row
 TENSORS: dict[str, tuple[str, ...]] = {"qk": ("query", "key"), "kv": ("key", "value"), "v": ("value",)}
@@ -75,7 +88,8 @@ class AttendFromHandler(AttentionHandler):
     """Copies the source row's tensors (:attr:`AttendFrom.tensors`) into the target row, per CFG branch.
 
     Several specs may share one handler (one source, many targets: the variants of an edit sweep run in
-    one batch); the tensors are cloned once per call.
+    one batch); the tensors are cloned once per call. Per-row attention (Mochi) needs :class:`PerRowSource`
+    around the run (see the module docstring).
     """
 
     def __init__(self, spec: AttendFrom | list[AttendFrom], name: str = "attend_from") -> None:
@@ -83,18 +97,66 @@ class AttendFromHandler(AttentionHandler):
         self.spec = self.specs[0]
         self.name = name
         self.layer_names = set().union(*(s.layers for s in self.specs))
+        self.reset()
 
-    def _pairs(self, ctx: CallContext, a: AttendFrom) -> list[tuple]:
+    def reset(self) -> None:
+        self._plan: dict = {}  # per-row layer: {target row label: (source row label, tensor names)}
+        self._kept: dict = {}  # per-row layer: {source row label: {tensor name: tensor}}
+        self._plan_layer: str | None = None
+
+    def source_of(self, rows: list, i: int, a: AttendFrom) -> int | None:
+        """The denoiser row that row ``i`` (a target of ``a``) attends from: the source in its own branch."""
+        return next((j for j, (b, s) in enumerate(rows) if b == rows[i][0] and s == a.source), None)
+
+    def row_pairs(self, rows: list, a: AttendFrom) -> list[tuple[int, int]]:
+        """``[(source row, target row)]`` of ``a`` among the denoiser rows ``rows`` (``[(branch, sample)]``)."""
         pairs = []
-        for branch in dict.fromkeys(b for b, _ in ctx.rows):
-            if a.branches is not None and branch not in a.branches and branch != "all":
+        for i, (branch, sample) in enumerate(rows):
+            if sample != a.target or (a.branches is not None and branch not in a.branches and branch != "all"):
                 continue
-            lookup = {s: i for i, (b, s) in enumerate(ctx.rows) if b == branch}
-            if a.source in lookup and a.target in lookup:
-                pairs.append((ctx.elements([lookup[a.source]]), ctx.elements([lookup[a.target]])))
+            j = self.source_of(rows, i, a)
+            if j is not None:
+                pairs.append((j, i))
         return pairs
 
+    def _pairs(self, ctx: CallContext, a: AttendFrom) -> list[tuple]:
+        return [(ctx.elements([s]), ctx.elements([t])) for s, t in self.row_pairs(ctx.rows, a)]
+
+    def enter_layer(self, layer: str, step: int, rows: list, mask: torch.Tensor) -> torch.Tensor:
+        """Per-row attention: plan ``layer`` at ``step`` over the denoiser rows ``rows`` and return its text mask
+        ``[row, text]`` with each target row's replaced by its source row's (``mask`` itself if none is)."""
+        self._plan, self._kept, self._plan_layer = {}, {}, layer
+        new = mask
+        for a in self.specs:
+            if layer not in a.layers or not a.active(step):
+                continue
+            for s, t in self.row_pairs(rows, a):
+                if s > t:
+                    raise IEAdaptValueError(f"{layer}: the attention runs once per row, in order, and target row "
+                                            f"{rows[t]} comes before its source row {rows[s]}.")
+                self._plan.setdefault(rows[t], (rows[s], set()))[1].update(a.tensors)
+                new = mask.clone() if new is mask else new
+                new[t] = mask[s]
+        return new
+
+    def _before_row(self, ctx: CallContext) -> None:
+        """One row's call of a planned per-row layer: keep a source row's tensors, give a target row its source's."""
+        label = ctx.rows[0]
+        if any(src == label for src, _ in self._plan.values()):
+            self._kept[label] = {"query": ctx.query, "key": ctx.key, "value": ctx.value}
+        if label in self._plan:
+            src, names = self._plan[label]
+            for name in sorted(names):
+                x = self._kept[src][name]
+                if x.shape != getattr(ctx, name).shape:
+                    raise RuntimeError(f"{ctx.layer.name}: the source row's {name} {tuple(x.shape)} does not fit "
+                                       f"the target row's {tuple(getattr(ctx, name).shape)}.")
+                setattr(ctx, name, x)
+
     def before(self, ctx: CallContext) -> None:
+        if self._plan_layer == ctx.layer.name and len(ctx.rows) == 1:
+            self._before_row(ctx)
+            return
         copies: dict[str, list[tuple]] = {}
         for a in self.specs:
             if ctx.layer.name not in a.layers or not a.active(ctx.step):
@@ -114,3 +176,45 @@ class AttendFromHandler(AttentionHandler):
             for src, tgt in copies["key"]:
                 m[tgt] = mask[src]
             ctx.attn_mask = m
+
+
+class PerRowSource:
+    """For a ``with`` block inside ``interception`` (entered): ``handler`` on a model whose attention runs once
+    per batch row (adapter ``attention_per_row``, Mochi). A forward pre-hook on each of the handler's layers,
+    run before the interception's (so its row text lengths are the rewritten ones), passes the layer the text
+    mask (its ``attention_mask`` argument, ``[row, text]``) of :meth:`AttendFromHandler.enter_layer`: each target
+    row runs over its source row's token set. The hooks are removed on exit, also on errors.
+    """
+
+    def __init__(self, interception, handler: AttendFromHandler) -> None:
+        self.interception, self.handler, self._handles = interception, handler, []
+
+    def __enter__(self) -> "PerRowSource":
+        try:
+            for record in self.interception.layers:
+                if record.name in self.handler.layer_names:
+                    self._handles.append(record.module.register_forward_pre_hook(
+                        self._hook(record.name), with_kwargs=True, prepend=True))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def before(module, args, kwargs):
+            position, args, kwargs = parameter_positions(type(module)), list(args), dict(kwargs)
+            mask = get_arg(position, args, kwargs, "attention_mask")
+            if mask is None or mask.ndim != 2:
+                raise RuntimeError(f"{name}: a per-row attention layer without a [row, text] attention_mask.")
+            state = self.interception.state
+            new = self.handler.enter_layer(name, state.step, state.rows, mask)
+            if new is mask:
+                return None
+            set_arg(position, args, kwargs, "attention_mask", new)
+            return tuple(args), kwargs
+        return before

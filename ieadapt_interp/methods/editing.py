@@ -48,6 +48,7 @@ step (background preservation, Supp. 8.3).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -60,7 +61,7 @@ import xarray as xr
 from ..core.adapters import get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception, get_arg, hook_denoisers, parameter_positions, set_arg
-from .attend_from import AttendFrom, AttendFromHandler
+from .attend_from import AttendFrom, AttendFromHandler, PerRowSource
 from .guidance import _ROW_ARGS, _map_tensors, _take
 from .inversion import (SELF_ATTENTION, Inversion, decode, denoise, encode_named, invert, prompt_extras,
                         self_attention_names, skipping)
@@ -331,10 +332,11 @@ def _prepare(pipe, source, source_prompt, edits, num_frames, height, width, step
     if not get_adapter(pipe).prompt_outputs:  # SVD: image-to-video
         raise IEAdaptTypeError(f"{type(pipe).__name__} is not conditioned on a text prompt, so a text-guided edit "
                                "(source prompt → target prompt) is not defined for it.")
-    if get_adapter(pipe).attention_per_row and any(e.method != "none" for e in edits):
-        raise IEAdaptValueError(f"{type(pipe).__name__} runs its attention once per batch row (each row with its own "
-                                "text length), so a target row cannot attend with the source row's tensors; only "
-                                "method='none' runs on it.")
+    if get_adapter(pipe).attention_per_row and any(e.uncond == "source" and e.method not in ("p2p", "none")
+                                                   for e in edits):
+        raise IEAdaptValueError(f"{type(pipe).__name__} runs its attention once per batch row, in row order, and a "
+                                "target's unconditional row runs before the source's conditional row, so "
+                                "uncond='source' cannot give it the source's tensors; use uncond='own' (the default).")
     if not edits:
         raise IEAdaptValueError("give at least one edit.")
     for e in edits:
@@ -359,16 +361,9 @@ class SourceRowHandler(AttendFromHandler):
     """:class:`~.attend_from.AttendFromHandler` whose target rows take the source's **conditional** row where the
     call holds one (the source may run only that row), else the source's row in the target's own branch."""
 
-    def _pairs(self, ctx, a: AttendFrom) -> list[tuple]:
-        index = {label: i for i, label in enumerate(ctx.rows)}
-        pairs = []
-        for (branch, sample), i in index.items():
-            if sample != a.target or (a.branches is not None and branch not in a.branches and branch != "all"):
-                continue
-            src = index.get(("cond", a.source), index.get((branch, a.source)))
-            if src is not None:
-                pairs.append((ctx.elements([src]), ctx.elements([i])))
-        return pairs
+    def source_of(self, rows: list, i: int, a: AttendFrom) -> int | None:
+        index = {label: j for j, label in enumerate(rows)}
+        return index.get(("cond", a.source), index.get((rows[i][0], a.source)))
 
 
 def _keep_rows(x, keep: torch.Tensor, batch: int):
@@ -452,12 +447,15 @@ def run_batch(pipe, cond, uncond, latents, specs, *, replay=None, mask_latent=No
             z[1:] = m * z[1:] + (1 - m) * z[:1]
         return {"latents": z}
 
-    every = [*handlers, *([SourceRowHandler(specs, name="edit")] if specs else [])]
+    edit_handler = SourceRowHandler(specs, name="edit") if specs else None
+    every = [*handlers, *([edit_handler] if specs else [])]
     interception = Interception(pipe, every, embeddings={"cond": cond, **({"uncond": uncond} if cfg else {})})
+    per_row = (PerRowSource(interception, edit_handler) if specs and get_adapter(pipe).attention_per_row
+               else contextlib.nullcontext())  # Mochi: each target row runs over its source row's tokens
     forward = pipe.scheduler
     try:
         pipe.scheduler = skipping(forward, skip)  # a real video's edit starts where its inversion stopped
-        with interception:
+        with interception, per_row:
             if replay is not None and cfg:
                 with CondSourceRow(pipe, interception, n):
                     out = denoise(pipe, cond, uncond, latents, guidance_scale=guidance_scale, output_type="latent",
