@@ -157,6 +157,11 @@ class AttendFromHandler(AttentionHandler):
         if self._plan_layer == ctx.layer.name and len(ctx.rows) == 1:
             self._before_row(ctx)
             return
+        if ctx.query.shape[0] == 1 and any(ctx.rows[0][1] == a.target and ctx.layer.name in a.layers
+                                           and a.active(ctx.step) for a in self.specs):
+            raise RuntimeError(f"{ctx.layer.name}: a target row's attention runs alone (one call per row, Mochi), "
+                               "so it cannot take the source row's tensors here; run it inside "
+                               "PerRowSource(interception, handler) (ia.edit does).")
         copies: dict[str, list[tuple]] = {}
         for a in self.specs:
             if ctx.layer.name not in a.layers or not a.active(ctx.step):

@@ -619,7 +619,8 @@ def edit(
         latent follows the source's (background preservation).
     uncond
         What the target's unconditional (CFG) row attends from: ``"own"`` (its own attention; only the conditional
-        row is edited; default) or ``"source"`` (the source's conditional row, as the target's conditional row).
+        row is edited; default) or ``"source"`` (the source's conditional row, as the target's conditional row;
+        refused on Mochi, whose per-row attention runs the target's unconditional row before the source's).
     stats
         Attach the source's self-attention statistics (``.stats``; the entropy ``L_edit`` came from).
     generation
