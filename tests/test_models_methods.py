@@ -256,6 +256,22 @@ def test_models_that_cannot_edit_say_so_before_any_work(arch, video, match, extr
     assert calls == []
 
 
+def test_attend_from_in_generate_on_per_row_attention_is_refused_before_any_work():
+    pipe = tiny("mochi")
+    name = next(n for n, k in ia.attention_layers(pipe)[["name", "kind"]].values if k != "cross")
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *a: calls.append(1))
+             for m in [*get_adapter(pipe).denoisers(pipe).values(), pipe.vae, pipe.text_encoder]]
+    try:
+        with pytest.raises(IEAdaptError, match="once per batch row.*ia.edit"):
+            ia.generate(pipe, PROMPT, variants=[None, None], attend_from=[ia.AttendFrom(layers=[name], source=0, target=1)],
+                        **_kw("mochi"))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == []
+
+
 TARGET = "a blue circle moving left"
 
 

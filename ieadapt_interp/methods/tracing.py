@@ -157,6 +157,10 @@ def generate(
     specs = [as_perturbations(v) for v in variants] if variants is not None else [as_perturbations(perturb)]
     if not specs:
         raise IEAdaptValueError("variants= is empty: give at least one perturbation spec (None = unperturbed).")
+    if attend_from and get_adapter(pipe).attention_per_row:
+        raise IEAdaptValueError(f"{type(pipe).__name__} runs its attention once per batch row, so attend_from= "
+                                "needs each target row's text rewritten to its source's before the layer runs; "
+                                "ia.edit does that (use it), generate(attend_from=...) does not.")
     handlers = [*[AttendFromHandler(a, name=f"attend_from[{i}]") for i, a in enumerate(attend_from)],
                 *perturbation_handlers(specs, per_sample=variants is not None),
                 *(guidance.handlers(guidance_layers) if guidance is not None else [])]
