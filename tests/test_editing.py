@@ -260,7 +260,9 @@ def test_edit_of_a_video_pins_the_source_row_to_the_inversion(animatediff):
     out = ia.edit(animatediff, video, "a red circle", "a blue circle", stats=True, **ANIMATEDIFF_KW)
     z0 = out.inversion.latents[0]
     from ieadapt_interp.methods.inversion import decode
+    assert "source_video=<decoded when first read>" in repr(out)  # printing the result does not decode it
     np.testing.assert_array_equal(out.source_video, decode(animatediff, z0)[0])   # the pinned z_0, decoded
+    assert "source_video=<decoded when first read>" not in repr(out)
     assert set(out.stats.layer.values) == set(self_attention_names(animatediff))
     assert isinstance(out.layers, pd.DataFrame) and out.layers.chosen.sum() == round(0.5 * len(out.layers))
 

@@ -49,7 +49,7 @@ step (background preservation, Supp. 8.3).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
@@ -228,6 +228,12 @@ class EditResult(Result):
         """The edited video (reading it does not decode a pending source video)."""
         videos = self.__dict__["videos"]
         return videos.head if isinstance(videos, Pending) else videos[0]
+
+    def __repr__(self) -> str:
+        """The dataclass repr, except that a video not decoded yet shows as such (printing does not decode it)."""
+        shown = (f"{f.name}=" + ("<decoded when first read>" if isinstance(self.__dict__.get(f.name), Pending)
+                                 else repr(getattr(self, f.name))) for f in fields(self) if f.repr)
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 EditResult.source_video = _pending_field("source_video", "The source video (decoded on first read, see the class).")
