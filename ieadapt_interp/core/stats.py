@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable
 
 import numpy as np
+import torch
 import xarray as xr
 
 from .adapters import AttentionLayer
@@ -43,11 +45,29 @@ def _last_dim(var: str) -> str | None:
     return {"map_entropy_hist": "entropy_bin", "map_energy_hist": "energy_bin"}.get(var, "frame")
 
 
+def to_host(records: list[LayerStats]) -> list[LayerStats]:
+    """``records`` with every recorded tensor on the CPU (float64), moved in **one** device→host copy instead of one
+    per tensor and row (each a synchronising copy: thousands per traced run); new records, same values.
+
+    >>> rec = LayerStats(0, "a", [("cond", 0)], 4, {"entropy": torch.ones(1, 2, 3)})
+    >>> to_host([rec])[0].stats["entropy"].dtype
+    torch.float64
+    """
+    tensors = [t for rec in records for t in rec.stats.values()]
+    if not tensors:
+        return records
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).cpu()
+    parts = iter(flat.split([t.numel() for t in tensors]))
+    return [replace(rec, stats={name: next(parts).view(t.shape) for name, t in rec.stats.items()})
+            for rec in records]
+
+
 def stats_dataset(
     records: Iterable[LayerStats], layers: list[AttentionLayer], timesteps: list[float], attrs: dict
 ) -> xr.Dataset:
-    """Assemble call records into a Dataset ``[step, layer, (branch, sample,) head, frame]``."""
-    records = list(records)
+    """Assemble call records into a Dataset ``[step, layer, (branch, sample,) head, frame]`` (the recorded tensors
+    come to the host in one copy, :func:`to_host`)."""
+    records = to_host(list(records))
     if not records:
         raise IEAdaptValueError("No attention calls were recorded: check the layer selection and the branch recorded.")
     names = [r.name for r in layers if any(rec.layer == r.name for rec in records)]
@@ -70,7 +90,7 @@ def stats_dataset(
         for r, (branch, sample) in enumerate(rec.rows):
             where = (s_idx[rec.step], li, branches.index(branch), samples.index(sample))
             for v, tensor in rec.stats.items():
-                value = tensor[r].detach().cpu().double().numpy()
+                value = tensor[r].numpy()
                 data[v][where][tuple(slice(0, n) for n in value.shape)] = value
     dims = ("step", "layer", "branch", "sample", "head")
     ds = xr.Dataset(

@@ -38,7 +38,7 @@ import xarray as xr
 
 from ..core.adapters import attention_layers, get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
-from ..core.handlers import LayerStats, StatsRecorder
+from ..core.handlers import StatsRecorder
 from ..core.interception import Interception
 from ..core.stats import stats_dataset
 from .sources import as_source, check_size, encode_video
@@ -276,24 +276,6 @@ def decode(pipe, latents: torch.Tensor, size: tuple[int, int, int] | None = None
     return to_uint8(pipe.video_processor.postprocess_video(video=video, output_type="np"))
 
 
-def to_host(calls: list[LayerStats]) -> list[LayerStats]:
-    """``calls`` with every recorded tensor on the CPU (float64), moved in **one** device→host copy instead of one
-    per tensor (each a synchronising copy: 1 400 of them for 56 layers × 25 steps); values unchanged.
-
-    >>> rec = LayerStats(0, "a", [("cond", 0)], 4, {"entropy": torch.ones(1, 2, 3)})
-    >>> to_host([rec])[0].stats["entropy"].dtype
-    torch.float64
-    """
-    tensors = [t for rec in calls for t in rec.stats.values()]
-    if not tensors:
-        return calls
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).cpu()
-    parts = iter(flat.split([t.numel() for t in tensors]))
-    for rec in calls:
-        rec.stats = {name: next(parts).view(t.shape) for name, t in rec.stats.items()}
-    return calls
-
-
 @torch.no_grad()
 def invert(
     pipe,
@@ -381,7 +363,7 @@ def invert(
         attrs = {"prompt": prompt, "source": "inversion", "num_inference_steps": steps,
                  "guidance_scale": float(guidance_scale), "num_frames": num_frames, "height": height, "width": width}
         calls = recorder.calls if recorder is not None else interception.stats_calls
-        stats = stats_dataset(to_host(calls), layer_records(pipe), interception.state.timesteps, attrs)
+        stats = stats_dataset(calls, layer_records(pipe), interception.state.timesteps, attrs)
     result = Inversion(latents, timesteps[:steps - skip], source.video, prompt, float(guidance_scale),
                        stats=stats, skip=skip)
     if reconstruct:
