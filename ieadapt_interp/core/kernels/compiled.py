@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CompiledLaunch"]
+__all__ = ["CompiledLaunch", "keep", "launch_options"]
+
+#: Launch plans kept per cache before it starts over (bounded host memory)
+MAX_PLANS = 512
 
 
 class CompiledLaunch:
@@ -45,3 +48,16 @@ class CompiledLaunch:
         kernel = self.jit[grid](*args, **self.constexprs, **self.options)
         if os.environ.get("TRITON_INTERPRET", "0") != "1" and hasattr(kernel, "function") and hasattr(kernel, "run"):
             self.kernel = kernel
+
+
+def launch_options(config) -> dict:
+    """The launch options (``num_warps``, ``num_stages``, ...) of an autotuner ``Config``: everything but its
+    constexprs (``config.kwargs``)."""
+    return {name: value for name, value in config.all_kwargs().items() if name not in config.kwargs}
+
+
+def keep(plans: dict, key, plan) -> None:
+    """``plans[key] = plan``, starting over when ``plans`` holds :data:`MAX_PLANS` (call shapes seen)."""
+    if len(plans) >= MAX_PLANS:
+        plans.clear()
+    plans[key] = plan

@@ -38,7 +38,7 @@ import os
 
 import torch
 
-from .compiled import CompiledLaunch
+from .compiled import CompiledLaunch, keep, launch_options
 
 __all__ = ["flash_attention_with_entropy", "fused_available", "is_key_mask", "triton_available"]
 
@@ -671,7 +671,7 @@ def flash_attention_with_entropy(
         tuned[grid](*args, **consts)
         best = tuned.best_config  # the config this key was tuned to
         block_m = best.kwargs["BLOCK_M"]
-        options = {name: value for name, value in best.all_kwargs().items() if name not in best.kwargs}
+        options = launch_options(best)
         consts.update(best.kwargs)
     if kbias is None and not interpret:
         _remember(q, k, v, scale_arg, _PointerPlan(out, args[6:], CompiledLaunch(_fwd_kernel, consts, options),
@@ -681,7 +681,6 @@ def flash_attention_with_entropy(
 
 #: Launch plans of the call shapes seen so far (no mask): see :func:`_plan_key`. Bounded: cleared when full.
 _PLANS: dict = {}
-_MAX_PLANS = 512
 
 
 def planned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None):
@@ -710,9 +709,7 @@ def _plan_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale) -> tuple
 def _remember(q, k, v, scale, plan) -> None:
     if not (type(q) is torch.Tensor and q.is_cuda):
         return
-    if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.clear()
-    _PLANS[_plan_key(q, k, v, scale)] = plan
+    keep(_PLANS, _plan_key(q, k, v, scale), plan)
 
 
 class _PointerPlan:
@@ -786,7 +783,7 @@ def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Ten
         args[:4] = [desc(q, 128), desc(k, 64), desc(v, 64), desc(out, 128)]  # block shapes set by the pre-hook
         _fwd_tuned_tma[lambda m: (triton_cdiv(Nq, m["BLOCK_M"]) * B * H,)](*args, **meta)
         best = _fwd_tuned_tma.best_config
-        options = {name: value for name, value in best.all_kwargs().items() if name not in best.kwargs}
+        options = launch_options(best)
         return best.kwargs["BLOCK_M"], best.kwargs["BLOCK_N"], DP, {**meta, **best.kwargs}, options
     cfg = _pick_config(Nq, Nk, DP)
     if DP > 128:

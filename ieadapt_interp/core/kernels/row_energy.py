@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .compiled import CompiledLaunch
+from .compiled import CompiledLaunch, keep
 
 __all__ = ["row_kernel_available", "row_squared_norm", "row_squared_norms"]
 
@@ -103,9 +103,7 @@ def row_squared_norms(xs: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor
         plan = _plan(xs, out)
         if plan is None:
             return out
-        if len(_PLANS) >= 512:
-            _PLANS.clear()
-        _PLANS[key] = plan
+        keep(_PLANS, key, plan)
     copy, grid, ints, launch = plan
     if copy:
         xs = [x if x.stride(-1) == 1 else x.contiguous() for x in xs]
