@@ -454,7 +454,7 @@ def run_batch(pipe, cond, uncond, latents, specs, *, replay=None, mask_latent=No
         return {"latents": z}
 
     edit_handler = SourceRowHandler(specs, name="edit") if specs else None
-    every = [*handlers, *([edit_handler] if specs else [])]
+    every = [*handlers, *([edit_handler] if edit_handler else [])]
     interception = Interception(pipe, every, embeddings={"cond": cond, **({"uncond": uncond} if cfg else {})})
     per_row = (PerRowSource(interception, edit_handler) if specs and get_adapter(pipe).attention_per_row
                else contextlib.nullcontext())  # Mochi: each target row runs over its source row's tokens
@@ -577,13 +577,15 @@ def edit_many(
     # another one is decoded when first read (EditResult)
     shape = (num_frames, height, width)
     edited = [decode(pipe, final[k:k + 1], shape, device)[0] for k in range(1, n)]
-    if source_video is None:
+    source = source_video
+    if source is None:
         source_latent = final[:1].clone()
-        source_video = Pending(lambda: decode(pipe, source_latent, shape, device)[0])
-    source = source_video if isinstance(source_video, Pending) else Pending(lambda: source_video)
+        source = Pending(lambda: decode(pipe, source_latent, shape, device)[0])
 
     def both(video):
-        return Pending(lambda: np.stack([video, source.get()]), head=video)
+        if isinstance(source, Pending):
+            return Pending(lambda: np.stack([video, source.get()]), head=video)
+        return np.stack([video, source])
 
     return [EditResult(videos=both(edited[k - 1]), stats=source_stats if stats else None, source_video=source,
                        layers=tables[k - 1], edit=e, source_prompt=source_prompt, inversion=inversion)
