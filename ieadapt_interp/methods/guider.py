@@ -55,7 +55,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
-from ..core.interception import Interception, parameter_positions
+from ..core.interception import Interception, get_arg, parameter_positions
 from ..core.layers import KINDS
 from .guidance import Guidance, _map_tensors, hook_shared_blocks, shared_prefix
 
@@ -303,8 +303,8 @@ class IEAdaptGuidance(BaseGuidance):
         Everything is removed when that forward returns or raises (the loops of diffusers call
         ``cleanup_models`` only on success).
         """
-        perturbed = any(name in ("pred_pos", "pred_neg") for name, _ in conds)
         extra = sum(name in ("pred_pos", "pred_neg") for name, _ in conds)  # last in conds; conds[0] is cond
+        perturbed = extra > 0
         interception = self._interceptions[id(denoiser)]
         sample_arg, params, step = interception.adapter.sample_arg, list(parameter_positions(type(denoiser))), self._step
         shared = self._shared[id(denoiser)] if batched and extra else 0
@@ -354,11 +354,10 @@ class IEAdaptGuidance(BaseGuidance):
         from every shared block (they do not run). Hooks until cleanup."""
         adapter = self._interceptions[id(denoiser)].adapter
         blocks = [block for _, block in adapter.block_list(denoiser)[:self._shared[id(denoiser)]]]
-        params, names = list(parameter_positions(type(denoiser))), (adapter.sample_arg, adapter.timestep_arg, adapter.text_arg)
+        position, names = parameter_positions(type(denoiser)), (adapter.sample_arg, adapter.timestep_arg, adapter.text_arg)
 
         def inputs(args, kwargs) -> list:
-            bound = {**dict(zip(params, args)), **kwargs}
-            return [bound.get(name) for name in names]
+            return [get_arg(position, args, kwargs, name) for name in names]
 
         if record:
             seen = {}
