@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import time
 from types import SimpleNamespace
@@ -190,11 +191,40 @@ def _time(fn, reps: int, warmup: int = 2, log: str | None = None) -> tuple[float
     return statistics.median(times), peak
 
 
+def _time_interleaved(plain, traced, rounds: int, log: str | None = None) -> dict:
+    """Plain and traced steps alternated (``rounds`` pairs after one warm-up pair), each step timed on its own, and
+    the peak GiB of each kind. For the big cases: a forward of seconds at full power heats the GPU and its clocks
+    drift over a run, so timing all plain steps first and all traced steps after would bias the ratio; alternating
+    gives both kinds the same conditions, and each round's own ratio shows the spread."""
+    times = {"plain": [], "traced": []}
+    peaks = {"plain": 0.0, "traced": 0.0} if torch.cuda.is_available() else {"plain": math.nan, "traced": math.nan}
+    for i in range(rounds + 1):
+        for kind, fn in (("plain", plain), ("traced", traced)):
+            _sync()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            seconds = time.perf_counter() - start
+            if torch.cuda.is_available():
+                peaks[kind] = max(peaks[kind], torch.cuda.max_memory_allocated() / 2**30)
+            if i:
+                times[kind].append(seconds * 1e3)
+            if log:
+                print(f"  {log} {'warm-up' if not i else f'round {i}/{rounds}'} {kind}: {seconds:.2f} s", flush=True)
+    return {"plain_ms": statistics.median(times["plain"]), "traced_ms": statistics.median(times["traced"]),
+            "round_ratios": [t / p for p, t in zip(times["plain"], times["traced"])],
+            "plain_peak_gib": peaks["plain"], "traced_peak_gib": peaks["traced"]}
+
+
 def bench(name: str, reps: int, warmup: int = 2, fold_count: bool = False, log: bool = False,
-          tiny: bool = False) -> dict:
+          tiny: bool = False, interleave: bool = False) -> dict:
     """One model's plain and traced ms/step and peak memory. ``fold_count``: count the recorded calls per step
     from the timed traced steps (all of them record the same calls) instead of one more traced step; ``log``: print
-    each step as it ends; ``tiny``: the toy-size case on the CPU (:data:`TINY`)."""
+    each step as it ends; ``tiny``: the toy-size case on the CPU (:data:`TINY`); ``interleave``: alternate plain and
+    traced steps (``reps`` rounds after one warm-up round, :func:`_time_interleaved`) instead of timing all plain
+    steps, then all traced steps."""
     from ieadapt_interp import attention_layers
     from ieadapt_interp.core.interception import Interception
 
@@ -206,12 +236,24 @@ def bench(name: str, reps: int, warmup: int = 2, fold_count: bool = False, log: 
         print(f"  {name} built in {time.perf_counter() - t0:.1f} s", flush=True)
     self_attention = [n for n, k in attention_layers(pipe_like)[["name", "kind"]].values if k != "cross"]
     with torch.no_grad():
-        plain_ms, plain_gib = _time(step, reps, warmup, log=log and f"{name} plain")
         ic = Interception(pipe_like, capture=self_attention, record_branches=("all",))
-        with ic:
-            traced_ms, traced_gib = _time(step, reps, warmup, log=log and f"{name} traced")
+        extra = {}
+        if interleave:
+            def traced():
+                with ic:
+                    step()
+
+            extra = _time_interleaved(step, traced, reps, log=log and name)
+            plain_ms, traced_ms = extra.pop("plain_ms"), extra.pop("traced_ms")
+            plain_gib, traced_gib = extra.pop("plain_peak_gib"), extra.pop("traced_peak_gib")
+            n_steps = 1  # entering the interception starts its records over: the last traced step's
+        else:
+            plain_ms, plain_gib = _time(step, reps, warmup, log=log and f"{name} plain")
+            with ic:
+                traced_ms, traced_gib = _time(step, reps, warmup, log=log and f"{name} traced")
+            n_steps = warmup + reps
         if fold_count:
-            n_calls = len(ic.stats_calls) / (warmup + reps)
+            n_calls = len(ic.stats_calls) / n_steps
         else:
             ic.stats_calls.clear()
             with ic:
@@ -220,7 +262,7 @@ def bench(name: str, reps: int, warmup: int = 2, fold_count: bool = False, log: 
     result = {"model": name, "plain_ms": plain_ms, "traced_ms": traced_ms, "ratio": traced_ms / plain_ms,
               "plain_peak_gib": plain_gib, "traced_peak_gib": traced_gib, "memory_ratio": traced_gib / plain_gib,
               "layers_captured": len(self_attention), "calls_recorded_per_step": n_calls, "reps": reps,
-              "warmup": warmup}
+              "warmup": 1 if interleave else warmup, "interleaved": interleave, **extra}
     print(json.dumps(result), flush=True)
     del pipe_like, step
     torch.cuda.empty_cache()
@@ -235,6 +277,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=6, help="warm-up steps; ≥ 6 so the TMA kernel has autotuned every shape")
     parser.add_argument("--reps-big", type=int, default=3, help="reps for wan14b (one forward takes seconds)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--sequential", action="store_true",
+                        help="big cases: all plain steps, then all traced steps (as before 2026-12-02) instead of "
+                             "alternating them")
     parser.add_argument("--tiny", action="store_true",
                         help="the big cases at toy size on the CPU (checks the plumbing; numbers mean nothing)")
     args = parser.parse_args()
@@ -245,14 +290,15 @@ def main() -> None:
             "gpu": "cpu (--tiny)" if args.tiny else torch.cuda.get_device_name(0), "torch": torch.__version__,
             "triton": triton.__version__, "diffusers": diffusers.__version__,
             "big_cases": f"{BIG}: --reps-big timed steps after 1 warm-up, each step logged; recorded calls per step "
-                         "counted from the timed traced steps"}
+                         "counted from the timed traced steps; plain and traced steps alternated unless --sequential"}
     print(json.dumps(info), flush=True)
     results = []
     for name in args.models:
         big = name in BIG
         try:
             results.append(bench(name, args.reps_big if big else args.reps, 1 if big else args.warmup,
-                                 fold_count=big, log=big, tiny=args.tiny))
+                                 fold_count=big, log=big, tiny=args.tiny,
+                                 interleave=big and not args.sequential))
         except Exception as exc:  # noqa: BLE001 - record and go on to the next model
             results.append({"model": name, "error": repr(exc)[:500]})
             print(json.dumps(results[-1]), flush=True)
