@@ -152,7 +152,11 @@ _INTERP_SCRIPT = textwrap.dedent(
     B, H = 2, 2
     keep = torch.ones(B, 90, dtype=torch.bool); keep[0, 50:] = False; keep[1, 7:20] = False; keep[1, 64:] = False
     add = torch.randn(B, H, 1, 90); add[0, 1, 0, 30:] = float("-inf"); add[1, 0, 0, :64] = -1.0e4
-    for path, Nq, Nk, D, dt, mask in [("tma", 70, 90, 40, torch.float16, keep[:, None, None, :]),
+    # padding after the first key blocks (HunyuanVideo's layout): row 0's keys 150.. masked, so with 64-key blocks two
+    # blocks run without the bias, then the biased ones; row 1 masked from key 10 (every block biased)
+    tail = torch.ones(B, 200, dtype=torch.bool); tail[0, 150:] = False; tail[1, 10:] = False
+    for path, Nq, Nk, D, dt, mask in [("tma", 70, 200, 64, torch.float16, tail[:, None, None, :]),
+                                      ("tma", 70, 90, 40, torch.float16, keep[:, None, None, :]),
                                       ("tma", 70, 90, 64, torch.float16, add),
                                       ("pointer", 70, 90, 40, torch.float16, keep[:, None, None, :]),
                                       ("pointer", 70, 90, 80, torch.float32, add),

@@ -17,7 +17,9 @@ base 2 (``exp2``) and converted to nats at the end.
 
 A key mask (``attn_mask`` of shape ``[B|1, H|1, 1, Nk]``, boolean or additive, e.g. HunyuanVideo's text padding)
 enters both kernels as a per-key bias added to the scores, so masked keys get exactly zero weight and the entropy is
-over the unmasked keys; per-query masks are not fused (:func:`fused_available` says False).
+over the unmasked keys; per-query masks are not fused (:func:`fused_available` says False). The TMA kernel adds the
+bias only from the key block that holds each ``(b, h)``'s first biased key on (:func:`_first_biased`): padding at
+the end of the keys costs only the last blocks.
 
 Two kernels share that recurrence. On Hopper (compute capability 9), for fp16/bf16 with a head dim that is a multiple
 of 8 up to 128, ``_fwd_kernel_tma`` loads Q/K/V tiles through TMA descriptors over the ``[B, H, N, D]`` views: the head dim is
@@ -394,8 +396,8 @@ if _HAS_TRITON:
         return acc, m_new, l_i, t_i
 
     @triton.jit
-    def _fwd_kernel_tma(q_desc, k_desc, v_desc, o_desc, ENT, KBIAS, stride_kbb, stride_kbh, qk_scale, H, Nq, Nk,
-                        NQ_BUCKET, NK_BUCKET,
+    def _fwd_kernel_tma(q_desc, k_desc, v_desc, o_desc, ENT, KBIAS, KSTART, stride_kbb, stride_kbh, qk_scale, H, Nq,
+                        Nk, NQ_BUCKET, NK_BUCKET,
                         HEAD_DIM: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         HAS_BIAS: tl.constexpr):
         pid = tl.program_id(0)
@@ -412,9 +414,20 @@ if _HAS_TRITON:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         t_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         n_full = (Nk // BLOCK_N) * BLOCK_N
-        for start_n in range(0, n_full, BLOCK_N):
-            acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
-                                            qk_scale, BLOCK_N, DP, False, HAS_BIAS, KB)
+        if HAS_BIAS:
+            # key blocks before this (b, h)'s first biased key need no bias: HunyuanVideo's video tokens come before
+            # its padded text, so all but the last blocks run the unbiased loop (the bias load is not pipelined)
+            n_free = tl.minimum((tl.load(KSTART + pid_bh) // BLOCK_N) * BLOCK_N, n_full)
+            for start_n in range(0, n_free, BLOCK_N):
+                acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
+                                                qk_scale, BLOCK_N, DP, False, False, KB)
+            for start_n in range(n_free, n_full, BLOCK_N):
+                acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
+                                                qk_scale, BLOCK_N, DP, False, True, KB)
+        else:
+            for start_n in range(0, n_full, BLOCK_N):
+                acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
+                                                qk_scale, BLOCK_N, DP, False, False, KB)
         if n_full < Nk:
             acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, n_full, Nk,
                                             qk_scale, BLOCK_N, DP, True, HAS_BIAS, KB)
@@ -746,8 +759,20 @@ class _TMAPlan:
         ent = torch.empty((b, h, n), dtype=torch.float32, device=q.device)
         descs = [_TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, self.dp])
                  for t, rows in zip((q, k, v, out), self.rows)]
-        self.launch(self.grid, (*descs, ent, ent, *self.ints))
+        self.launch(self.grid, (*descs, ent, ent, ent, *self.ints))
         return out, ent
+
+
+def _first_biased(kbias: torch.Tensor) -> torch.Tensor:
+    """Per ``(b, h)``, the index of the first key with a non-zero bias (``Nk`` if none): int32 ``[B * H]``, on the
+    device (no host sync). ``kbias``: the ``[B, H, Nk]`` view from :func:`_key_bias`.
+
+    >>> _first_biased(torch.tensor([[[0.0, 0.0, -1e30], [0.0, 0.0, 0.0]]])).tolist()
+    [2, 3]
+    """
+    nz = kbias != 0
+    first = torch.where(nz.any(-1), nz.to(torch.int8).argmax(-1), kbias.shape[-1])
+    return first.to(torch.int32).contiguous().view(-1)
 
 
 def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float) -> bool:
@@ -776,7 +801,7 @@ def _launch_tma(q, k, v, out, ent, qk_scale: float, tune: bool, kbias: torch.Ten
         return _TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, DP])
 
     meta = {"HEAD_DIM": D, "DP": DP, "HAS_BIAS": kbias is not None}
-    kb_args = [ent, 0, 0] if kbias is None else [kbias, kbias.stride(0), kbias.stride(1)]
+    kb_args = [ent, ent, 0, 0] if kbias is None else [kbias, _first_biased(kbias), kbias.stride(0), kbias.stride(1)]
     args = [None, None, None, None, ent, *kb_args, qk_scale, H, Nq, Nk,
             min(_next_pow2(Nq), 1 << 16), min(_next_pow2(Nk), 1 << 16)]
     if tune:
