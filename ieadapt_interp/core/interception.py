@@ -34,6 +34,7 @@ per thread — does. Run one traced pipeline per thread at a time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -297,7 +298,7 @@ class Interception:
                                             record_branches, hook_points)
             self.add(self.map_recorder)
         self._label_next: list[RowLabel] | None = None
-        self._handles: list = []
+        self._hooks = HookHandles()
         self._index_cache: dict = {}
         self.state = _RunState()
 
@@ -345,13 +346,13 @@ class Interception:
         self.state = _RunState()
         try:
             for model in self.adapter.denoisers(self.pipe).values():  # Wan 2.2: both experts
-                self._handles.append(model.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
+                self._hooks.add(model.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
             if self.hook_points and not self.keep_hook_points:
                 hook_points.install([r.module for r in self.layers])
             for record in self.layers:
                 if record.name in self._by_layer:
-                    self._handles.append(record.module.register_forward_pre_hook(self._on_enter, with_kwargs=True))
-                    self._handles.append(record.module.register_forward_hook(self._on_exit, always_call=True))
+                    self._hooks.add(record.module.register_forward_pre_hook(self._on_enter, with_kwargs=True))
+                    self._hooks.add(record.module.register_forward_hook(self._on_exit, always_call=True))
         except BaseException:
             self._remove()
             raise
@@ -362,9 +363,7 @@ class Interception:
 
     def _remove(self) -> None:
         self._leave_mode()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove_all()
         if self.hook_points and not self.keep_hook_points:
             hook_points.remove([r.module for r in self.layers])
 
@@ -476,18 +475,79 @@ class Interception:
         return ctx.out
 
 
-def hook_denoisers(models, before, after) -> list:
+class HookHandles:
+    """The PyTorch hook handles one owner registered, removed together.
+
+    :meth:`add` keeps a handle (``module.register_forward_pre_hook(...)``, ``register_forward_hook(...)``);
+    :meth:`remove_all` removes every handle kept so far (idempotent; the set is empty again and can be
+    reused). As a context manager it removes everything on exit, also when an exception escapes;
+    :meth:`registering` removes everything only on an exception, for registration in an ``__enter__``
+    (the user's modules are left with none of the hooks when a registration half-way fails).
+
+    >>> lin = torch.nn.Linear(2, 2)
+    >>> with HookHandles() as hooks:
+    ...     _ = hooks.add(lin.register_forward_hook(lambda module, args, out: out * 0))
+    ...     lin(torch.ones(1, 2)).abs().sum().item()
+    0.0
+    >>> len(hooks), len(lin._forward_hooks)
+    (0, 0)
+    >>> hooks = HookHandles()
+    >>> try:
+    ...     with hooks.registering():
+    ...         _ = hooks.add(lin.register_forward_pre_hook(lambda module, args: None))
+    ...         raise RuntimeError("the second registration failed")
+    ... except RuntimeError:
+    ...     pass
+    >>> len(hooks), len(lin._forward_pre_hooks)
+    (0, 0)
+    """
+
+    def __init__(self) -> None:
+        self._handles: list = []
+
+    def add(self, handle):
+        """Keep ``handle`` (a ``torch.utils.hooks.RemovableHandle``) for removal; returns it."""
+        self._handles.append(handle)
+        return handle
+
+    def extend(self, other: "HookHandles") -> None:
+        """Take over the handles of ``other`` (left empty): they are removed with these."""
+        self._handles += other._handles
+        other._handles = []
+
+    def remove_all(self) -> None:
+        """Remove every kept hook (in registration order) and forget the handles."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def registering(self):
+        """A ``with`` block that registers hooks: on an exception every kept hook is removed, then it propagates."""
+        try:
+            yield self
+        except BaseException:
+            self.remove_all()
+            raise
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def __enter__(self) -> "HookHandles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove_all()
+
+
+def hook_denoisers(models, before, after) -> HookHandles:
     """A forward pre-hook (with kwargs, run first) and a forward hook on each denoiser in ``models``.
 
     Returns the handles; if one registration fails, those already made are removed before the error propagates.
     """
-    handles: list = []
-    try:
+    hooks = HookHandles()
+    with hooks.registering():
         for model in models:
-            handles.append(model.register_forward_pre_hook(before, with_kwargs=True, prepend=True))
-            handles.append(model.register_forward_hook(after))
-    except BaseException:
-        for handle in handles:
-            handle.remove()
-        raise
-    return handles
+            hooks.add(model.register_forward_pre_hook(before, with_kwargs=True, prepend=True))
+            hooks.add(model.register_forward_hook(after))
+    return hooks

@@ -38,7 +38,7 @@ import torch
 
 from ..core.errors import IEAdaptValueError
 from ..core.handlers import AttentionHandler, CallContext
-from ..core.interception import get_arg, parameter_positions, set_arg
+from ..core.interception import HookHandles, get_arg, parameter_positions, set_arg
 
 #: which of the call's tensors each ``what`` copies from the source row into the target row
 TENSORS: dict[str, tuple[str, ...]] = {"qk": ("query", "key"), "kv": ("key", "value"), "v": ("value",)}
@@ -192,23 +192,18 @@ class PerRowSource:
     """
 
     def __init__(self, interception, handler: AttendFromHandler) -> None:
-        self.interception, self.handler, self._handles = interception, handler, []
+        self.interception, self.handler, self._hooks = interception, handler, HookHandles()
 
     def __enter__(self) -> "PerRowSource":
-        try:
+        with self._hooks.registering():
             for record in self.interception.layers:
                 if record.name in self.handler.layer_names:
-                    self._handles.append(record.module.register_forward_pre_hook(
+                    self._hooks.add(record.module.register_forward_pre_hook(
                         self._hook(record.name), with_kwargs=True, prepend=True))
-        except BaseException:
-            self.__exit__()
-            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove_all()
 
     def _hook(self, name: str):
         def before(module, args, kwargs):

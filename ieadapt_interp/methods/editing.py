@@ -60,7 +60,7 @@ import xarray as xr
 
 from ..core.adapters import get_adapter, layer_records
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
-from ..core.interception import Interception, get_arg, hook_denoisers, parameter_positions, set_arg
+from ..core.interception import HookHandles, Interception, get_arg, hook_denoisers, parameter_positions, set_arg
 from .attend_from import AttendFrom, AttendFromHandler, PerRowSource
 from .guidance import _ROW_ARGS, _map_tensors, _take
 from .inversion import (SELF_ATTENTION, Inversion, decode, denoise, encode_named, invert, prompt_extras,
@@ -391,16 +391,14 @@ class CondSourceRow:
     def __init__(self, pipe, interception: Interception, n: int) -> None:
         self.adapter = get_adapter(pipe)
         self.models = list(self.adapter.denoisers(pipe).values())
-        self.interception, self.n, self._handles, self.dropped = interception, n, [], False
+        self.interception, self.n, self._hooks, self.dropped = interception, n, HookHandles(), False
 
     def __enter__(self) -> "CondSourceRow":
-        self._handles = hook_denoisers(self.models, self._before, self._after)
+        self._hooks = hook_denoisers(self.models, self._before, self._after)
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove_all()
 
     def _before(self, module, args, kwargs):
         position, args, kwargs = parameter_positions(type(module)), list(args), dict(kwargs)

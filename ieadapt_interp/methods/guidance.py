@@ -65,7 +65,7 @@ import torch
 from ..core.adapters import attention_layers, get_adapter
 from ..core.errors import IEAdaptKeyError, IEAdaptTypeError, IEAdaptValueError
 from ..core.handlers import CallContext
-from ..core.interception import Interception, get_arg, hook_denoisers, parameter_positions, set_arg
+from ..core.interception import HookHandles, Interception, get_arg, hook_denoisers, parameter_positions, set_arg
 from ..core.layers import Layers, LayerSpec, as_layers
 from .calibration import Registry, default_registry, fingerprint
 from .perturbation import Perturbation, PerturbationHandler
@@ -367,8 +367,8 @@ def _extend(x, extra):
 
 
 def hook_shared_blocks(adapter, model: torch.nn.Module, k: int, interception: Interception,
-                       sharing: Callable[[], tuple | None]) -> list:
-    """Prefix sharing on ``model``: forward pre-hooks on its blocks ``0 … k`` (the handles, to remove).
+                       sharing: Callable[[], tuple | None]) -> HookHandles:
+    """Prefix sharing on ``model``: forward pre-hooks on its blocks ``0 … k`` (a :class:`HookHandles`, to remove).
 
     ``sharing()`` gives, for the denoiser call now running, ``(batch, total, index, labels)``: the rows that
     differ (``batch``, first), all rows (``total``: the ``pos`` / ``neg`` copies last, ``index`` = the
@@ -376,16 +376,12 @@ def hook_shared_blocks(adapter, model: torch.nn.Module, k: int, interception: In
     ``j < k`` run the first ``batch`` rows of each per-row argument (``adapter.block_row_args``); at block
     ``k`` the rows ``index`` are appended. Used by :class:`GuidedDenoiser` and the diffusers guider.
     """
-    handles = []
-    try:
+    hooks = HookHandles()
+    with hooks.registering():
         for j, (_, block) in enumerate(adapter.block_list(model)[:k + 1]):
             hook = partial(_share_rows, adapter, interception, sharing, j, k, parameter_positions(type(block)))
-            handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
-    except BaseException:
-        for handle in handles:
-            handle.remove()
-        raise
-    return handles
+            hooks.add(block.register_forward_pre_hook(hook, with_kwargs=True))
+    return hooks
 
 
 def _share_rows(adapter, interception: Interception, sharing: Callable[[], tuple | None], j: int, k: int,
@@ -441,27 +437,22 @@ class GuidedDenoiser:
         if guidance.share_prefix and self.adapter.blocks:
             self.shared_blocks = shared_prefix(pipe, guidance.resolve(pipe) if layers is None else layers)
         self._shared_ids = {id(experts[attr]) for attr in self.shared_blocks}
-        self._handles: list = []
+        self._hooks = HookHandles()
 
     def __enter__(self) -> "GuidedDenoiser":
         self.step, self.last_t, self.cfg, self.pending = -1, None, self.cfg_given, None
         self.forward_in_step, self.delta, self.sharing = 0, None, None
         self.batches: list[tuple[int, int]] = []
-        self._handles = hook_denoisers(self.denoisers, self._before, self._after)
-        try:
+        self._hooks = hook_denoisers(self.denoisers, self._before, self._after)
+        with self._hooks.registering():
             experts = self.adapter.denoisers(self.pipe)
             for attr, k in self.shared_blocks.items():
-                self._handles += hook_shared_blocks(self.adapter, experts[attr], k, self.interception,
-                                                    lambda: self.sharing)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+                self._hooks.extend(hook_shared_blocks(self.adapter, experts[attr], k, self.interception,
+                                                      lambda: self.sharing))
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove_all()
         self.sharing = None
 
     # argument access by name, keeping the call's positional / keyword style

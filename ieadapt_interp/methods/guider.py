@@ -340,9 +340,8 @@ class IEAdaptGuidance(BaseGuidance):
             interception.__enter__()
             self._undo.append(lambda: interception.__exit__(None, None, None))
         if shared:
-            for handle in hook_shared_blocks(interception.adapter, denoiser, shared, interception,
-                                             lambda: self._sharing):
-                self._undo.append(handle.remove)
+            self._undo.append(hook_shared_blocks(interception.adapter, denoiser, shared, interception,
+                                                 lambda: self._sharing).remove_all)
             self._undo.append(lambda: setattr(self, "_sharing", None))
         handle = denoiser.register_forward_pre_hook(before, with_kwargs=True, prepend=True)
         self._undo.append(handle.remove)
