@@ -29,11 +29,10 @@ def test_removed_on_normal_exit():
 def test_failed_registration_leaves_no_hook():
     lin = torch.nn.Linear(2, 2)
     hooks = HookHandles()
-    with pytest.raises(RuntimeError, match="half-way"):
-        with hooks.registering():
-            hooks.add(lin.register_forward_pre_hook(lambda module, args: None))
-            hooks.add(lin.register_forward_hook(lambda module, args, out: None))
-            raise RuntimeError("registration failed half-way")
+    with pytest.raises(RuntimeError, match="half-way"), hooks.registering():
+        hooks.add(lin.register_forward_pre_hook(lambda module, args: None))
+        hooks.add(lin.register_forward_hook(lambda module, args, out: None))
+        raise RuntimeError("registration failed half-way")
     assert _no_hooks(lin) and len(hooks) == 0
     # a registration that succeeds keeps its hooks until remove_all
     with hooks.registering():
