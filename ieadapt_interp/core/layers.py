@@ -89,3 +89,20 @@ def as_layers(spec: LayerSpec) -> Layers:
     if callable(spec):
         return Layers(where=spec)
     return Layers(names=tuple(spec))
+
+
+def capture_layers(capture: LayerSpec | bool | None, table: pd.DataFrame) -> list[str]:
+    """The layer names a ``capture=`` argument selects in ``table`` (an :func:`attention_layers` frame, in
+    forward order): ``True`` every layer, ``False`` / ``None`` none, else a :data:`LayerSpec` resolved
+    (errors if it selects nothing).
+
+    >>> table = pd.DataFrame({"name": ["a", "b"], "kind": ["spatial", "temporal"], "block": ["mid", "mid"],
+    ...                       "index": [1, 1]})
+    >>> capture_layers(True, table), capture_layers(None, table), capture_layers("temporal", table)
+    (['a', 'b'], [], ['b'])
+    """
+    if capture is True:
+        return list(table["name"])
+    if capture is False or capture is None:
+        return []
+    return as_layers(capture).resolve(table)

@@ -51,7 +51,8 @@ from ..core.errors import IEAdaptTypeError, IEAdaptValueError
 from ..core.interception import Interception
 from ..core.maps import MapRequest
 from ..core.stats import maps_tree, stats_dataset
-from .perturbation import LayerSpec, as_layers
+from ..core.layers import capture_layers
+from .perturbation import LayerSpec
 from .tracing import _attrs, _check_frames, _check_prompt
 
 #: the rows each ``branch=`` choice records
@@ -210,12 +211,7 @@ def traced(pipe, *, capture: LayerSpec | bool = True, maps: MapRequest | None = 
         raise IEAdaptTypeError(f"maps= takes an ieadapt_interp.MapRequest; got {type(maps).__name__}.")
     table = attention_layers(pipe)
     records = layer_records(pipe)
-    if capture is True:
-        names = [r.name for r in records]
-    elif capture is False or capture is None:
-        names = []
-    else:
-        names = as_layers(capture).resolve(table)
+    names = capture_layers(capture, table)
     if maps is not None:
         maps.resolved.resolve(table)  # unknown layers raise here
     modules = [r.module for r in records]

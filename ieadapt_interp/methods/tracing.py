@@ -22,7 +22,8 @@ from ..core.stats import maps_tree, stats_dataset
 from ..core.interception import Interception
 from ..core.maps import MapRequest
 from .attend_from import AttendFrom, AttendFromHandler
-from .perturbation import LayerSpec, PerturbSpec, as_layers, as_perturbations, perturbation_handlers
+from ..core.layers import capture_layers
+from .perturbation import LayerSpec, PerturbSpec, as_perturbations, perturbation_handlers
 from .guidance import Guidance, guiding
 from ..core.versions import versions_string
 from ..core.errors import IEAdaptTypeError, IEAdaptValueError
@@ -164,13 +165,8 @@ def generate(
     handlers = [*[AttendFromHandler(a, name=f"attend_from[{i}]") for i, a in enumerate(attend_from)],
                 *perturbation_handlers(specs, per_sample=variants is not None),
                 *(guidance.handlers(guidance_layers) if guidance is not None else [])]
-    records = layer_records(pipe)
-    if capture is True:
-        capture_names = [r.name for r in records]
-    elif capture is False or capture is None:
-        capture_names = []
-    else:
-        capture_names = as_layers(capture).resolve(attention_layers(pipe))
+    records, table = layer_records(pipe), attention_layers(pipe)
+    capture_names = capture_layers(capture, table)
     cfg = guidance_scale > 1.0 and get_adapter(pipe).guidance_is_cfg
     if branch != "cond" and not cfg:
         raise IEAdaptValueError(f"branch={branch!r} needs classifier-free guidance (guidance_scale > 1).")
@@ -178,7 +174,6 @@ def generate(
     adapter = get_adapter(pipe)
     height, width = (height or adapter.default_size(pipe)[0]), (width or adapter.default_size(pipe)[1])
     n = len(specs)
-    table = attention_layers(pipe)
     for handler in handlers:  # bad layer selections fail here, before any work
         handler.layers(table)
     progress_config = dict(getattr(pipe, "_progress_bar_config", {}))
