@@ -68,8 +68,12 @@ def _split_head_dim(d: int) -> tuple[int, int]:
     results/sass_d40_split_h200_2026-12-01.txt): the faulting instruction is an ``HGMMA.64x16x16`` (the 16-wide
     slab's ``p @ v_b`` in the last, partial key block) whose shared-memory descriptor ptxas (CUDA 12.8, bundled with
     triton 3.6) builds from the wrong uniform register, one that holds ``Nk``: the PTX is correct, the read address
-    ``(Nk + 32) * 16`` bytes (0x7f00 for Nk = 2000) is exactly the one compute-sanitizer reports. Crashes with
-    Nk = 4096 (no partial block) point to a second fault, not found.
+    ``(Nk + 32) * 16`` bytes (0x7f00 for Nk = 2000) is exactly the one compute-sanitizer reports. The crashes with
+    Nk = 4096 (no partial block) have the same origin in the main loop (benchmarks/RESULTS.md, 2026-12-02;
+    ``benchmarks/sass_d40.py``): in each of the three configs that failed there, the descriptors of the 16-wide
+    slab's k-steps after the first are computed from a uniform register pair that no instruction of the kernel
+    writes; the three configs that ran correctly have no such read, and ptxas 12.9 (triton 3.8) assembles the same
+    PTX without either defect. Every launch config this module gives the pointer kernel is free of both.
     """
     d = int(d)
     da = max(16, 1 << (d.bit_length() - 1))  # largest power of two <= d, at least 16
