@@ -418,20 +418,18 @@ if _HAS_TRITON:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         t_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         n_full = (Nk // BLOCK_N) * BLOCK_N
+        n_free = n_full  # full key blocks that need no bias
         if HAS_BIAS:
             # key blocks before this (b, h)'s first biased key need no bias: HunyuanVideo's video tokens come before
             # its padded text, so all but the last blocks run the unbiased loop (the bias load is not pipelined)
             n_free = tl.minimum((tl.load(KSTART + pid_bh) // BLOCK_N) * BLOCK_N, n_full)
-            for start_n in range(0, n_free, BLOCK_N):
-                acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
-                                                qk_scale, BLOCK_N, DP, False, False, KB)
+        for start_n in range(0, n_free, BLOCK_N):
+            acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
+                                            qk_scale, BLOCK_N, DP, False, False, KB)
+        if HAS_BIAS:
             for start_n in range(n_free, n_full, BLOCK_N):
                 acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
                                                 qk_scale, BLOCK_N, DP, False, True, KB)
-        else:
-            for start_n in range(0, n_full, BLOCK_N):
-                acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk,
-                                                qk_scale, BLOCK_N, DP, False, False, KB)
         if n_full < Nk:
             acc, m_i, l_i, t_i = _tma_block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, n_full, Nk,
                                             qk_scale, BLOCK_N, DP, True, HAS_BIAS, KB)
