@@ -49,8 +49,8 @@ def _block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk, qk_
     if MASK_N:
         cols = start_n + tl.arange(0, BLOCK_N)
         qk = tl.where((cols < Nk)[None, :], qk, -1.0e30)
-    m_blk = tl.max(qk, 1) * qk_scale
     if LAZY:
+        m_blk = tl.max(qk, 1) * qk_scale
         if tl.max(m_blk - m_i, 0) > 8.0:  # raise the reference only when a score would exceed it by > 2^8
             m_new = tl.maximum(m_i, m_blk)
             alpha = tl.math.exp2(m_i - m_new)
@@ -71,22 +71,9 @@ def _block(acc, m_i, l_i, t_i, q, k_desc, v_desc, off_b, off_h, start_n, Nk, qk_
         v = v_desc.load([off_b, off_h, start_n, 0]).reshape(BLOCK_N, DP)
         acc = tl.dot(p.to(v.dtype), v, acc)
         return acc, m_i, l_i, t_i
-    else:
-        m_new = tl.maximum(m_i, m_blk)
-        x = qk * qk_scale - m_new[:, None]
-        p = tl.math.exp2(x)
-        alpha = tl.math.exp2(m_i - m_new)
-        if ENT == 2:
-            l_b, t_b = tl.reduce((p, p * x), 1, _add2)
-            t_i = alpha * (t_i + l_i * (m_i - m_new)) + t_b
-            l_i = l_i * alpha + l_b
-        else:
-            if ENT == 1:
-                t_i = alpha * (t_i + l_i * (m_i - m_new)) + tl.sum(p * x, 1)
-            l_i = l_i * alpha + tl.sum(p, 1)
-        v = v_desc.load([off_b, off_h, start_n, 0]).reshape(BLOCK_N, DP)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        return acc, m_new, l_i, t_i
+    else:  # the keys are masked above already
+        return _softmax_pv(acc, m_i, l_i, t_i, qk, v_desc, off_b, off_h, start_n, Nk, qk_scale, BLOCK_N, DP, False,
+                           ENT)
 
 
 @triton.jit
@@ -129,9 +116,14 @@ def _softmax_pv(acc, m_i, l_i, t_i, qk, v_desc, off_b, off_h, start_n, Nk, qk_sc
     x = qk * qk_scale - m_new[:, None]
     p = tl.math.exp2(x)
     alpha = tl.math.exp2(m_i - m_new)
-    if ENT == 1:
-        t_i = alpha * (t_i + l_i * (m_i - m_new)) + tl.sum(p * x, 1)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    if ENT == 2:  # both row sums in one two-value reduction
+        l_b, t_b = tl.reduce((p, p * x), 1, _add2)
+        t_i = alpha * (t_i + l_i * (m_i - m_new)) + t_b
+        l_i = l_i * alpha + l_b
+    else:
+        if ENT == 1:
+            t_i = alpha * (t_i + l_i * (m_i - m_new)) + tl.sum(p * x, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)
     v = v_desc.load([off_b, off_h, start_n, 0]).reshape(BLOCK_N, DP)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, m_new, l_i, t_i
